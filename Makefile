@@ -1,0 +1,50 @@
+# Entry points of the AI-SWA platform. Every target installs what it needs.
+SHELL := /bin/bash
+ROOT := $(CURDIR)
+STATE := $(ROOT)/.state
+PY := $(STATE)/venv/bin/python
+LAUNCHER := $(PY) -m aiswa_mesh.launcher
+
+.PHONY: help setup lock up down status logs demo test test-unit test-platform chaos bench clean
+
+help:
+	@echo "make demo    start the platform and analyse a standard-library package"
+	@echo "make test    run the whole test suite (starts the platform, stops it after)"
+	@echo "make setup   install system packages, the Python environment, generated code"
+	@echo "make up | down | status | logs   run the platform under supervisord"
+
+setup:
+	@bash scripts/setup.sh
+
+lock:
+	uv pip compile requirements.in --generate-hashes --python-version 3.11 -o requirements.lock
+
+up: setup
+	@$(LAUNCHER) up
+
+down:
+	@if [ -x $(PY) ]; then $(LAUNCHER) down; fi
+
+status:
+	@$(LAUNCHER) status
+
+logs:
+	@$(LAUNCHER) logs
+
+demo: up
+	@$(PY) -m aiswa_mesh.demo
+
+test: setup
+	@bash scripts/test.sh
+
+test-unit: setup
+	@$(PY) -m pytest -q tests/unit
+
+chaos: up
+	@$(PY) -m pytest -q tests/chaos
+
+bench: setup
+	@$(PY) -m aiswa_mesh.bench
+
+clean: down
+	rm -rf $(STATE)

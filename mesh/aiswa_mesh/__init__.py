@@ -1,0 +1,1 @@
+"""Topology, renderers and the local launcher of the AI-SWA platform."""
