@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._state import StateLayout, can_enter, is_root
+
+log = logging.getLogger(__name__)
+
+
+def _bin_dir() -> Path:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    if not versions:
+        raise SystemExit(
+            "PostgreSQL server binaries not found under /usr/lib/postgresql; run `make setup`"
+        )
+    return versions[-1].parent
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A private PostgreSQL server whose data lives in the state folder."""
+
+    layout: StateLayout
+    port: int
+
+    @property
+    def os_user(self) -> str:
+        # PostgreSQL refuses to run as root, so root runs it as Debian's
+        # `postgres` account; any other user runs it as themselves.
+        return "postgres" if is_root() else pwd.getpwuid(os.geteuid()).pw_name
+
+    @property
+    def data_dir(self) -> Path:
+        return self.layout.root / "pg" / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.layout.run / "pg"
+
+    def binary(self, name: str) -> str:
+        return str(_bin_dir() / name)
+
+    def prepare(self) -> None:
+        """Create the data folder and cluster on first use."""
+        link = self.layout.root / "pg"
+        if not link.exists():
+            if can_enter(self.os_user, self.layout.root):
+                link.mkdir()
+            else:
+                # NOTE: the `postgres` account cannot enter the checkout (a
+                # parent folder is private), so the data lives in /var/tmp,
+                # linked from the state folder, and `make clean` removes it.
+                digest = hashlib.sha256(str(self.layout.root).encode()).hexdigest()[:12]
+                target = Path("/var/tmp") / f"aiswa-pg-{digest}"
+                target.mkdir(mode=0o700, exist_ok=True)
+                link.symlink_to(target)
+                log.warning("postgres data folder placed outside the checkout: %s", target)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        if is_root():
+            shutil.chown(link.resolve(), self.os_user, self.os_user)
+            shutil.chown(self.socket_dir, self.os_user, self.os_user)
+            if not can_enter(self.os_user, self.socket_dir):
+                raise SystemExit(
+                    f"the postgres account cannot enter {self.socket_dir}; make the "
+                    "checkout's parent folders executable for others (chmod o+x)"
+                )
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        self._as_owner(
+            [self.binary("initdb"), "-D", str(self.data_dir), "--auth-local=peer",
+             "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8",
+             f"--username={self.os_user}"],
+        )
+
+    def command(self) -> list[str]:
+        return [
+            self.binary("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", f"unix_socket_directories={self.socket_dir}",
+            "-c", "log_destination=stderr",
+            "-c", "logging_collector=off",
+            "-c", "fsync=on",
+        ]
+
+    def _as_owner(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        if is_root():
+            args = ["runuser", "-u", self.os_user, "--", *args]
+        return subprocess.run(args, check=True, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = subprocess.run(
+                [self.binary("pg_isready"), "-h", str(self.socket_dir), "-p", str(self.port)],
+                capture_output=True, check=False,
+            )
+            if result.returncode == 0:
+                return
+            time.sleep(0.3)
+        raise SystemExit(f"PostgreSQL did not accept connections on port {self.port} "
+                         f"within {timeout:.0f} s; see {self.layout.logs / 'postgres.log'}")
+
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        result = self._as_owner(
+            [self.binary("psql") if Path(self.binary("psql")).exists() else "psql",
+             "-h", str(self.socket_dir), "-p", str(self.port), "-d", database,
+             "-U", self.os_user, "-v", "ON_ERROR_STOP=1", "-tAq", "-c", statement],
+        )
+        return result.stdout.strip()
+
+    def ensure_service_database(self, database: str, role: str, password: str) -> None:
+        """Create the role and database of one service; idempotent."""
+        quoted = password.replace("'", "''")
+        exists = self.sql(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'")
+        verb = "ALTER" if exists == "1" else "CREATE"
+        self.sql(f"{verb} ROLE {role} LOGIN PASSWORD '{quoted}'")
+        if self.sql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'") != "1":
+            self.sql(f"CREATE DATABASE {database} OWNER {role}")
+        # Database per service: no other role may connect to it.
+        self.sql(f"REVOKE ALL ON DATABASE {database} FROM PUBLIC")
+        self.sql(f"GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {role}")

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._state import StateLayout
+
+_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+@dataclass(frozen=True)
+class RabbitMQ:
+    """A private RabbitMQ node whose data, logs and cookie live in the state folder."""
+
+    layout: StateLayout
+    amqp_port: int
+    dist_port: int
+    epmd_port: int
+    vhost: str
+
+    @property
+    def home(self) -> Path:
+        return self.layout.rabbitmq
+
+    def environment(self) -> dict[str, str]:
+        home = self.home
+        return {
+            "HOME": str(home),
+            "RABBITMQ_NODENAME": "aiswa@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.amqp_port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(home / "log"),
+            "RABBITMQ_LOGS": "-",
+            "RABBITMQ_PID_FILE": str(home / "rabbitmq.pid"),
+            "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(home / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "enabled_plugins"),
+            "RABBITMQ_CONF_ENV_FILE": str(home / "rabbitmq-env.conf"),
+            "RABBITMQ_CTL_DIST_PORT_MIN": str(self.dist_port + 10),
+            "RABBITMQ_CTL_DIST_PORT_MAX": str(self.dist_port + 20),
+        }
+
+    def prepare(self) -> None:
+        home = self.home
+        (home / "mnesia").mkdir(parents=True, exist_ok=True)
+        (home / "log").mkdir(parents=True, exist_ok=True)
+        cookie = home / ".erlang.cookie"
+        if not cookie.exists():
+            fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+            with os.fdopen(fd, "w") as stream:
+                stream.write(self.layout.secret("erlang-cookie").replace("-", "x"))
+        (home / "rabbitmq.conf").write_text(
+            "# Rendered by `make up` (aiswa_mesh.launcher).\n"
+            "listeners.tcp.default = 127.0.0.1:%d\n"
+            "loopback_users = none\n"
+            # The default guest account is removed at first start; no account
+            # exists without a password from the state folder.
+            "default_user = aiswa-admin\n"
+            "default_pass = %s\n"
+            "default_vhost = /\n" % (self.amqp_port, self.layout.secret("rabbitmq-admin"))
+        )
+        (home / "advanced.config").write_text("[].\n")
+        (home / "enabled_plugins").write_text("[].\n")
+        (home / "rabbitmq-env.conf").write_text("")
+
+    def epmd_command(self) -> list[str]:
+        return ["epmd", "-port", str(self.epmd_port), "-address", "127.0.0.1"]
+
+    def command(self) -> list[str]:
+        return [str(_BIN / "rabbitmq-server")]
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        result = subprocess.run(
+            [str(_BIN / "rabbitmqctl"), "-q", *args],
+            env={**os.environ, **self.environment()},
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"rabbitmqctl {args[0]} failed ({result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}"
+            )
+        return result.stdout.strip()
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                self.ctl("await_startup", "--timeout", "10", timeout=20)
+                return
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                last = str(exc)
+                time.sleep(1.0)
+        raise SystemExit(
+            f"RabbitMQ did not start within {timeout:.0f} s ({last}); "
+            f"see {self.layout.logs / 'rabbitmq.log'}"
+        )
+
+    def ensure_user(self, user: str, password: str) -> None:
+        """Create ``user`` with access to the platform's vhost only; idempotent."""
+        users = {line.split("\t")[0] for line in self.ctl("list_users").splitlines()}
+        if user in users:
+            self.ctl("change_password", user, password)
+        else:
+            self.ctl("add_user", user, password)
+        # TODO: narrow each service's permissions to its own exchanges and
+        # queues by regular expression; today every service may use the vhost.
+        self.ctl("set_permissions", "-p", self.vhost, user, ".*", ".*", ".*")
+
+    def ensure_vhost(self) -> None:
+        vhosts = set(self.ctl("list_vhosts").split())
+        if self.vhost not in vhosts:
+            self.ctl("add_vhost", self.vhost)
+        users = {line.split("\t")[0] for line in self.ctl("list_users").splitlines()}
+        if "guest" in users:
+            self.ctl("delete_user", "guest")
+        self.ctl("set_permissions", "-p", self.vhost, "aiswa-admin", ".*", ".*", ".*")

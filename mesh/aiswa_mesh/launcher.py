@@ -1,0 +1,269 @@
+"""Start, stop and inspect the local AI-SWA platform under supervisord.
+
+Usage: ``python -m aiswa_mesh.launcher up|down|status|logs``. Everything it
+creates lives under the state folder (``.state/`` in the checkout, or
+``AISWA_STATE_DIR``); ``down`` stops only the processes it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aiswa_runtime import load_topology
+
+from ._postgres import Postgres
+from ._rabbitmq import RabbitMQ
+from ._state import ROOT, StateLayout, default_layout, is_root
+from ._supervisor import Program, Supervisor, render_config
+
+log = logging.getLogger("aiswa.launcher")
+
+PYTHON_SERVICES = ("users", "projects", "reflector", "vision")
+
+
+class Platform:
+    def __init__(self, layout: StateLayout) -> None:
+        self.layout = layout
+        self.topology = load_topology(str(ROOT / "mesh" / "topology.yaml"))
+        infra = self.topology["infrastructure"]
+        self.postgres = Postgres(layout, infra["postgres"]["port"])
+        rabbit = infra["rabbitmq"]
+        self.rabbitmq = RabbitMQ(
+            layout, rabbit["amqp_port"], rabbit["dist_port"], rabbit["epmd_port"], rabbit["vhost"]
+        )
+        self.supervisor = Supervisor(layout)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"https://127.0.0.1:{self.topology['gateway']['https_port']}"
+
+    def service_environment(self, name: str) -> dict[str, str]:
+        workload = self.topology["workloads"][name]
+        infra = self.topology["infrastructure"]
+        layout = self.layout
+        env = {
+            "AISWA_SERVICE": name,
+            "AISWA_NAMESPACE": self.topology["namespace"],
+            "AISWA_GRPC_ADDRESS": f"127.0.0.1:{workload['port']}",
+            "AISWA_METRICS_ADDRESS": f"127.0.0.1:{workload['port'] + 1000}",
+            "AISWA_STATE_DIR": str(layout.root),
+            "AISWA_TOPOLOGY": str(ROOT / "mesh" / "topology.yaml"),
+            "AISWA_TRACE_EXPORTER": os.environ.get("AISWA_TRACE_EXPORTER", "file"),
+            "AISWA_TRACE_FILE": str(layout.traces / f"{name}.jsonl"),
+            "AISWA_LOG_LEVEL": os.environ.get("AISWA_LOG_LEVEL", "INFO"),
+            "PYTHONUNBUFFERED": "1",
+            # NOTE: the password sits in the supervisord configuration (mode
+            # 0600, state folder) until services fetch short-lived
+            # credentials from a secrets store.
+            "AISWA_DATABASE_URL": (
+                f"postgresql://aiswa_{name}:{layout.secret(f'postgres-{name}')}"
+                f"@127.0.0.1:{infra['postgres']['port']}/{workload['database']}"
+            ),
+            "AISWA_AMQP_URL": (
+                f"amqp://{name}:{layout.secret(f'rabbitmq-{name}')}"
+                f"@127.0.0.1:{infra['rabbitmq']['amqp_port']}/{infra['rabbitmq']['vhost']}"
+            ),
+        }
+        for upstream in workload.get("upstreams", []):
+            port = self.topology["workloads"][upstream]["port"]
+            env[f"AISWA_UPSTREAM_{upstream.upper()}"] = f"127.0.0.1:{port}"
+        if name == "users":
+            env["AISWA_USERS_SIGNING_KEY"] = str(layout.secrets / "users-signing-key.pem")
+        if name == "projects":
+            env["AISWA_ARCHIVE_DIR"] = str(layout.archives)
+        return env
+
+    def programs(self) -> list[Program]:
+        python = str(self.layout.venv_python)
+        programs = [
+            Program("postgres", self.postgres.command(), 10,
+                    user=self.postgres.os_user if is_root() else None, stop_signal="INT"),
+            Program("epmd", self.rabbitmq.epmd_command(), 15),
+            Program("rabbitmq", self.rabbitmq.command(), 20,
+                    environment=self.rabbitmq.environment(), stop_wait_seconds=60),
+        ]
+        for priority, name in enumerate(PYTHON_SERVICES, start=30):
+            programs.append(Program(
+                name, [python, "-m", f"aiswa_{name}", "serve"], priority,
+                environment=self.service_environment(name), directory=ROOT,
+            ))
+        programs.append(Program(
+            "gateway", self._gateway_command(), 50, stop_wait_seconds=10,
+        ))
+        return programs
+
+    def _gateway_command(self) -> list[str]:
+        from .envoy_gateway import envoy_binary
+
+        return [str(envoy_binary()), "-c", str(self.layout.envoy / "gateway.yaml"),
+                "--log-level", "warn", "--base-id", "7340"]
+
+    def _render_gateway(self) -> None:
+        from .envoy_gateway import write_gateway_config
+        from .pki import ensure_gateway_tls
+
+        tls = ensure_gateway_tls(self.layout.pki)
+        write_gateway_config(
+            self.topology,
+            path=self.layout.envoy / "gateway.yaml",
+            descriptor_set=self.layout.root / "gen" / "aiswa.pb",
+            tls=tls,
+            access_log=self.layout.logs / "gateway-access.log",
+        )
+
+    def up(self) -> None:
+        layout = self.layout
+        layout.create()
+        if not is_root():
+            print("launcher: not root, so every workload shares the loopback interface; "
+                  "any local process can reach the services' gRPC ports")
+        self.postgres.prepare()
+        self.rabbitmq.prepare()
+        self._render_gateway()
+        conf = layout.supervisord_conf
+        conf.write_text(render_config(layout, self.programs()))
+        os.chmod(conf, 0o600)
+        self.supervisor.start_daemon()
+
+        self._start("postgres", self.postgres.wait_ready)
+        for name in PYTHON_SERVICES:
+            workload = self.topology["workloads"][name]
+            self.postgres.ensure_service_database(
+                workload["database"], f"aiswa_{name}", layout.secret(f"postgres-{name}")
+            )
+        self._start("epmd", lambda: time.sleep(0.3))
+        self._start("rabbitmq", self.rabbitmq.wait_ready)
+        self._configure_rabbitmq()
+        for name in PYTHON_SERVICES:
+            self._migrate(name)
+            port = self.topology["workloads"][name]["port"]
+            self._start(name, lambda port=port, name=name: _wait_grpc_health(name, port))
+            if name == "users":
+                self._bootstrap_admin()
+        self._start("gateway", self._wait_gateway)
+        print(f"AI-SWA is up.\n  API (REST/JSON and gRPC): {self.gateway_url}"
+              f"\n  gateway CA certificate:   {layout.pki / 'gateway-ca.pem'}"
+              f"\n  admin API key:            {layout.admin_key}"
+              f"\n  logs:                     {layout.logs}/<program>.log  (`make logs`)"
+              f"\n  stop with:                make down")
+
+    def _configure_rabbitmq(self) -> None:
+        marker = self.layout.rabbitmq / ".configured"
+        expected = ",".join(PYTHON_SERVICES)
+        if marker.exists() and marker.read_text() == expected:
+            return
+        self.rabbitmq.ensure_vhost()
+        for name in PYTHON_SERVICES:
+            self.rabbitmq.ensure_user(name, self.layout.secret(f"rabbitmq-{name}"))
+        marker.write_text(expected)
+
+    def _migrate(self, name: str) -> None:
+        env = {**os.environ, **self.service_environment(name)}
+        result = subprocess.run(
+            [str(self.layout.venv_python), "-m", f"aiswa_{name}", "migrate"],
+            env=env, capture_output=True, text=True, check=False, cwd=ROOT,
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"migrations of {name} failed:\n{result.stderr[-3000:]}")
+
+    def _bootstrap_admin(self) -> None:
+        env = {**os.environ, **self.service_environment("users")}
+        result = subprocess.run(
+            [str(self.layout.venv_python), "-m", "aiswa_users", "bootstrap-admin",
+             "--key-file", str(self.layout.admin_key)],
+            env=env, capture_output=True, text=True, check=False, cwd=ROOT,
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"creating the admin user failed:\n{result.stderr[-3000:]}")
+        if result.stdout.strip():
+            print(result.stdout.strip())
+
+    def _wait_gateway(self, timeout: float = 30.0) -> None:
+        import urllib.request
+
+        admin = self.topology["gateway"]["admin_port"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise SystemExit(f"the gateway did not become ready; see {self.layout.logs / 'gateway.log'}")
+
+    def _start(self, name: str, wait_ready) -> None:  # type: ignore[no-untyped-def]
+        started = time.monotonic()
+        self.supervisor.start(name)
+        try:
+            wait_ready()
+        except SystemExit:
+            _print_tail(self.layout.logs / f"{name}.log")
+            raise
+        print(f"  {name:<10} ready ({time.monotonic() - started:.1f} s)")
+
+    def down(self) -> None:
+        if not self.supervisor.running():
+            print("launcher: the platform is not running")
+            return
+        self.supervisor.shutdown()
+        print("AI-SWA stopped.")
+
+
+def _wait_grpc_health(name: str, port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                last = exc.code().name
+            time.sleep(0.3)
+    raise SystemExit(f"{name} did not report SERVING on port {port} within {timeout:.0f} s "
+                     f"(last: {last})")
+
+
+def _print_tail(path: Path, lines: int = 30) -> None:
+    if path.exists():
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- last lines of {path} ---", *tail, sep="\n", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status", "logs"])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="launcher: %(message)s")
+    platform = Platform(default_layout())
+    if args.command == "up":
+        platform.up()
+    elif args.command == "down":
+        platform.down()
+    elif args.command == "status":
+        if not platform.supervisor.running():
+            print("the platform is not running; start it with `make up`")
+            sys.exit(3)
+        print(platform.supervisor.status_text(), end="")
+        print(f"API: {platform.gateway_url}   logs: {platform.layout.logs}")
+    else:
+        for path in sorted(platform.layout.logs.glob("*.log")):
+            _print_tail(path, 10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Shared runtime of the AI-SWA Python services.
+
+Configuration, the grpc.aio server, upstream clients with deadlines, retries
+and circuit breakers, the database pool and migrations, the message broker,
+logging and tracing: written once, imported by every service.
+"""
+
+from ._amqp import Broker, PoisonMessage
+from ._auth import Claims, optional_user, require_user
+from ._client import Upstream, upstream_error
+from ._config import ConfigError, ServiceConfig
+from ._db import migrate, open_pool
+from ._errors import (
+    ServiceError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    permission_denied,
+    unauthenticated,
+    unavailable,
+)
+from ._server import Service, forwarded_metadata
+from ._topology import load_topology
+
+__all__ = [
+    "Broker",
+    "Claims",
+    "ConfigError",
+    "PoisonMessage",
+    "Service",
+    "ServiceConfig",
+    "ServiceError",
+    "Upstream",
+    "failed_precondition",
+    "forwarded_metadata",
+    "invalid_argument",
+    "load_topology",
+    "migrate",
+    "not_found",
+    "open_pool",
+    "optional_user",
+    "permission_denied",
+    "require_user",
+    "unauthenticated",
+    "unavailable",
+    "upstream_error",
+]

@@ -1,0 +1,1 @@
+"""The users service: users, roles, API keys and short-lived JWTs."""
