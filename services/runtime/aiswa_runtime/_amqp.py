@@ -146,6 +146,7 @@ class Broker:
         *,
         prefetch: int = 4,
         max_attempts: int = 5,
+        on_dead_letter: Callable[[dict[str, Any], str], Awaitable[None]] | None = None,
     ) -> None:
         """Consume ``queue`` until cancelled, acking each message after ``handler`` returns.
 
@@ -153,6 +154,8 @@ class Broker:
         JSON object, goes to ``<queue>.dlq`` at once with the reason. Any other
         error requeues the message with a growing delay; after ``max_attempts``
         deliveries it goes to the dead-letter queue with the last error.
+        ``on_dead_letter`` runs first, with the payload and the reason, so the
+        owner of the work can record its failure.
         """
         channel = await self.connection.channel()  # type: ignore[union-attr]
         await channel.set_qos(prefetch_count=prefetch)
@@ -160,7 +163,7 @@ class Broker:
         log.info("consuming", extra={"queue": queue, "prefetch": prefetch})
         async with source.iterator() as messages:
             async for message in messages:
-                await self._handle(queue, message, handler, max_attempts)
+                await self._handle(queue, message, handler, max_attempts, on_dead_letter)
 
     async def _handle(
         self,
@@ -168,10 +171,12 @@ class Broker:
         message: AbstractIncomingMessage,
         handler: Callable[[dict[str, Any], AbstractIncomingMessage], Awaitable[None]],
         max_attempts: int,
+        on_dead_letter: Callable[[dict[str, Any], str], Awaitable[None]] | None,
     ) -> None:
         # Quorum queues count redeliveries in x-delivery-count (absent on the first).
         attempt = int((message.headers or {}).get("x-delivery-count", 0) or 0) + 1
         context = extract_context(message.headers)
+        payload: Any = None
         with _tracer.start_as_current_span(
             f"{queue} process", context=context, kind=SpanKind.CONSUMER,
             attributes={"messaging.system": "rabbitmq", "messaging.source.name": queue,
@@ -187,7 +192,8 @@ class Broker:
                     raise PoisonMessage(f"body is JSON {type(payload).__name__}, not an object")
                 await handler(payload, message)
             except PoisonMessage as exc:
-                await self._dead_letter(queue, message, f"poison message: {exc}")
+                await self._dead_letter(queue, message, f"poison message: {exc}",
+                                        payload, on_dead_letter)
                 return
             except asyncio.CancelledError:
                 await message.nack(requeue=True)
@@ -198,7 +204,8 @@ class Broker:
                                   extra={"queue": queue, "message_id": message.message_id,
                                          "attempt": attempt})
                     await self._dead_letter(
-                        queue, message, f"failed {attempt} times; last error: {exc!r}"
+                        queue, message, f"failed {attempt} times; last error: {exc!r}",
+                        payload, on_dead_letter,
                     )
                     return
                 log.warning(
@@ -213,7 +220,19 @@ class Broker:
         await message.ack()
         _metrics.MESSAGES.labels(queue, "acked").inc()
 
-    async def _dead_letter(self, queue: str, message: AbstractIncomingMessage, reason: str) -> None:
+    async def _dead_letter(
+        self,
+        queue: str,
+        message: AbstractIncomingMessage,
+        reason: str,
+        payload: Any,
+        on_dead_letter: Callable[[dict[str, Any], str], Awaitable[None]] | None,
+    ) -> None:
+        if on_dead_letter is not None and isinstance(payload, dict):
+            try:
+                await on_dead_letter(payload, reason)
+            except Exception:
+                log.exception("dead-letter callback failed", extra={"queue": queue})
         headers = dict(message.headers or {})
         headers.update({"x-aiswa-dead-letter-reason": reason[:1000], "x-aiswa-source-queue": queue})
         dlx = await self.channel.get_exchange(DEAD_LETTER_EXCHANGE, ensure=False)

@@ -99,6 +99,8 @@ class Upstream:
             reset_timeout=reset_timeout,
             exclude=[lambda exc: not _is_failure(exc)],
             listeners=[_BreakerLog(name)],
+            # The call that trips the breaker reports the upstream's own error.
+            throw_new_error_on_trip=False,
             name=name,
         )
         _metrics.BREAKER_STATE.labels(name).set(0)

@@ -1,0 +1,1 @@
+"""The `aiswa` command-line client of the AI-SWA gateway API."""

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import stat
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "https://127.0.0.1:8443"
+_SKIPPED_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".tox", ".venv", "node_modules"}
+
+
+class ApiError(Exception):
+    """A gateway call failed; the message says what to do."""
+
+
+def _state_dir() -> Path:
+    return Path(os.environ.get("AISWA_STATE_DIR", Path(__file__).resolve().parents[2] / ".state"))
+
+
+def default_ca_cert() -> str | None:
+    value = os.environ.get("AISWA_CA_CERT")
+    if value:
+        return value
+    candidate = _state_dir() / "pki" / "gateway-ca.pem"
+    return str(candidate) if candidate.exists() else None
+
+
+def default_token_file() -> Path:
+    value = os.environ.get("AISWA_TOKEN_FILE")
+    if value:
+        return Path(value)
+    base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return base / "aiswa" / "token.json"
+
+
+class Client:
+    """A small client of the gateway's REST/JSON API."""
+
+    def __init__(self, base_url: str, ca_cert: str | None, token_file: Path) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token_file = token_file
+        verify: Any = ca_cert if ca_cert else True
+        self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=120)
+
+    def _token(self) -> str:
+        try:
+            data = json.loads(self.token_file.read_text())
+        except FileNotFoundError:
+            raise ApiError(f"not logged in (no token in {self.token_file}); run `aiswa login`") from None
+        if data.get("expires_at", 0) < time.time() + 5:
+            raise ApiError("the saved token has expired; run `aiswa login` again")
+        return data["access_token"]
+
+    def request(self, method: str, path: str, *, body: Any = None, auth: bool = True,
+                params: dict[str, Any] | None = None) -> Any:
+        headers = {"authorization": f"Bearer {self._token()}"} if auth else {}
+        try:
+            reply = self._http.request(method, path, json=body, headers=headers, params=params)
+        except httpx.ConnectError as exc:
+            raise ApiError(f"cannot reach the gateway at {self.base_url} ({exc}); is the "
+                           "platform up? `make up` starts it") from None
+        if reply.status_code == 401:
+            raise ApiError(f"{method} {path} was rejected as unauthenticated "
+                           f"({reply.text.strip() or 401}); run `aiswa login`")
+        if reply.status_code >= 400:
+            try:
+                message = reply.json().get("message", reply.text)
+            except ValueError:
+                message = reply.text
+            raise ApiError(f"{method} {path} failed with HTTP {reply.status_code}: {message}")
+        return reply.json() if reply.content else {}
+
+    def login(self, api_key: str) -> dict[str, Any]:
+        reply = self.request("POST", "/v1/auth/token", body={"api_key": api_key}, auth=False)
+        token = {"access_token": reply["access_token"],
+                 "expires_at": time.time() + int(reply["expires_in"])}
+        self.token_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as stream:
+            json.dump(token, stream)
+        return reply
+
+    def find_or_create_project(self, name: str) -> dict[str, Any]:
+        for project in self.request("GET", "/v1/projects").get("projects", []):
+            if project["name"] == name:
+                return project
+        return self.request("POST", "/v1/projects", body={"name": name})
+
+    def upload(self, project_id: str, filename: str, content: bytes) -> dict[str, Any]:
+        return self.request("POST", f"/v1/projects/{project_id}/archives", body={
+            "filename": filename, "content": base64.b64encode(content).decode(),
+        })
+
+    def start_run(self, project_id: str, archive_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/projects/{project_id}/runs",
+                            body={"archive_id": archive_id})
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/runs/{run_id}")
+
+    def report(self, run_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/runs/{run_id}/report")
+
+    def roadmap(self, project_id: str, run_id: str = "", limit: int = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if run_id:
+            params["run_id"] = run_id
+        if limit:
+            params["limit"] = limit
+        return self.request("GET", f"/v1/projects/{project_id}/roadmap", params=params)
+
+
+def archive_folder(folder: Path) -> tuple[bytes, int]:
+    """Pack the regular files under ``folder`` into a tar.gz; return it and the file count.
+
+    Symbolic links and version-control or cache folders are left out.
+    """
+    if not folder.is_dir():
+        raise ApiError(f"{folder} is not a folder; give the path of a source tree")
+    buffer = io.BytesIO()
+    count = 0
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as archive:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                mode = path.lstat().st_mode
+                if not stat.S_ISREG(mode):
+                    continue
+                archive.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+                count += 1
+    return buffer.getvalue(), count

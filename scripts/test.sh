@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, then integration and end-to-end tests
+# against the running platform. Starts the platform when it is not running and
+# stops it afterwards (only if this script started it).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+py="$root/.state/venv/bin/python"
+launcher=("$py" -m aiswa_mesh.launcher)
+
+started=0
+if ! "${launcher[@]}" status >/dev/null 2>&1; then
+  "${launcher[@]}" up
+  started=1
+fi
+cleanup() {
+  if [[ $started == 1 ]]; then "${launcher[@]}" down; fi
+}
+trap cleanup EXIT
+
+"$py" -m pytest -q -p no:cacheprovider "$@" tests/unit tests/integration

@@ -1,0 +1,1 @@
+"""The projects service: projects, members, source archives and analysis runs."""

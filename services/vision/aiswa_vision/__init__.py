@@ -1,0 +1,1 @@
+"""The vision service: ranked improvement roadmaps built from analysis findings."""
