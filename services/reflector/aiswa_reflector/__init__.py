@@ -1,0 +1,1 @@
+"""The reflector: a worker that computes code metrics of analysis runs."""

@@ -1,0 +1,60 @@
+"""Run the reflector: ``python -m aiswa_reflector serve|migrate``.
+
+``serve`` runs the gRPC server (reports) and the task consumer together.
+``AISWA_REFLECTOR_PREFETCH`` bounds the tasks a worker holds unacknowledged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+
+from aiswa.reflector.v1 import reflector_pb2_grpc
+from aiswa_runtime import Broker, Service, ServiceConfig, Upstream, migrate, open_pool
+from aiswa_runtime.archive import ArchiveLimits
+
+from ._servicer import ReflectorServicer
+from ._worker import Worker
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def serve(config: ServiceConfig) -> None:
+    service = Service(config)
+    pool = await open_pool(config.require_database())
+    service.on_shutdown(pool.close)
+    broker = Broker(config.require_amqp(), config.service)
+    await broker.connect()
+    service.on_shutdown(broker.close)
+    projects = Upstream("projects", config.upstream("projects"),
+                        method_timeouts={"/aiswa.projects.v1.ProjectsService/GetProject": 3.0})
+    service.on_shutdown(projects.close)
+    service.add(
+        reflector_pb2_grpc.add_ReflectorServiceServicer_to_server,
+        ReflectorServicer(pool, projects),
+        "aiswa.reflector.v1.ReflectorService",
+    )
+    worker = Worker(pool, broker, projects, ArchiveLimits())
+    prefetch = int(os.environ.get("AISWA_REFLECTOR_PREFETCH", "1"))
+    service.background(lambda: broker.consume(
+        "reflector.analyze", worker.handle, prefetch=prefetch, max_attempts=4,
+        on_dead_letter=worker.on_dead_letter,
+    ))
+    await service.run()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m aiswa_reflector", description=__doc__)
+    parser.add_argument("command", choices=["serve", "migrate"])
+    args = parser.parse_args()
+    config = ServiceConfig.from_env("reflector")
+    if args.command == "serve":
+        asyncio.run(serve(config))
+    else:
+        migrate(config.require_database(), MIGRATIONS)
+
+
+if __name__ == "__main__":
+    main()
