@@ -47,5 +47,15 @@ if [[ ! -f "$stamp" || $(cat "$stamp") != "$lock_sum" ]]; then
   echo "$lock_sum" >"$stamp"
 fi
 
-"$venv/bin/python" -m aiswa_mesh.protogen --root "$root"
+# protoc-gen-openapiv2 (grpc-gateway) writes the OpenAPI description of the
+# REST API from the google.api.http annotations.
+openapi_plugin="$state/tools/go/bin/protoc-gen-openapiv2"
+if [[ ! -x "$openapi_plugin" ]]; then
+  echo "setup: installing protoc-gen-openapiv2 with go install"
+  GOBIN="$state/tools/go/bin" GOPATH="$state/tools/gopath" GOMODCACHE="$state/tools/gomodcache" \
+    GOFLAGS=-modcacherw go install \
+    github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@v2.27.3
+fi
+
+"$venv/bin/python" -m aiswa_mesh.protogen --root "$root" --openapi-plugin "$openapi_plugin"
 echo "setup: done (venv: $venv)"

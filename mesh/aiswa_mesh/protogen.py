@@ -33,6 +33,26 @@ def _fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def generate_openapi(root: Path, plugin: Path, out: Path) -> Path:
+    """Write one OpenAPI 2 document for every service's REST mapping."""
+    proto_root = root / "proto"
+    out.mkdir(parents=True, exist_ok=True)
+    relative = [str(path.relative_to(proto_root)) for path in proto_files(proto_root)]
+    args = [
+        "grpc_tools.protoc",
+        f"-I{proto_root}",
+        f"-I{_GOOGLE_PROTOS}",
+        f"-I{_WELL_KNOWN_PROTOS}",
+        f"--plugin=protoc-gen-openapiv2={plugin}",
+        f"--openapiv2_out={out}",
+        "--openapiv2_opt=allow_merge=true,merge_file_name=aiswa,json_names_for_fields=false",
+        *relative,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protogen: protoc-gen-openapiv2 failed; see the messages above")
+    return out / "aiswa.swagger.json"
+
+
 def generate(root: Path) -> Path:
     proto_root = root / "proto"
     out = root / ".state" / "gen"
@@ -75,9 +95,15 @@ def _install_path_file(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="checkout root")
+    parser.add_argument("--openapi-plugin", type=Path,
+                        help="protoc-gen-openapiv2 binary; also writes docs/api/aiswa.swagger.json")
     args = parser.parse_args()
-    out = generate(args.root.resolve())
+    root = args.root.resolve()
+    out = generate(root)
     print(f"protogen: generated code in {out}")
+    if args.openapi_plugin:
+        document = generate_openapi(root, args.openapi_plugin, root / "docs" / "api")
+        print(f"protogen: OpenAPI description in {document}")
 
 
 if __name__ == "__main__":
