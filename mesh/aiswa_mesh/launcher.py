@@ -57,8 +57,8 @@ class Platform:
             "AISWA_METRICS_ADDRESS": f"127.0.0.1:{workload['port'] + 1000}",
             "AISWA_STATE_DIR": str(layout.root),
             "AISWA_TOPOLOGY": str(ROOT / "mesh" / "topology.yaml"),
-            "AISWA_TRACE_EXPORTER": os.environ.get("AISWA_TRACE_EXPORTER", "file"),
-            "AISWA_TRACE_FILE": str(layout.traces / f"{name}.jsonl"),
+            "AISWA_TRACE_EXPORTER": os.environ.get("AISWA_TRACE_EXPORTER", "otlp"),
+            "AISWA_TRACE_ENDPOINT": f"127.0.0.1:{infra['collector']['port']}",
             "AISWA_LOG_LEVEL": os.environ.get("AISWA_LOG_LEVEL", "INFO"),
             "PYTHONUNBUFFERED": "1",
             # NOTE: the password sits in the supervisord configuration (mode
@@ -90,6 +90,10 @@ class Platform:
             Program("epmd", self.rabbitmq.epmd_command(), 15),
             Program("rabbitmq", self.rabbitmq.command(), 20,
                     environment=self.rabbitmq.environment(), stop_wait_seconds=60),
+            Program("collector", [python, "-m", "aiswa_mesh.collector", "--address",
+                                  f"127.0.0.1:{self.topology['infrastructure']['collector']['port']}",
+                                  "--output", str(self.layout.traces / "spans.jsonl")], 25,
+                    directory=ROOT),
         ]
         for priority, name in enumerate(PYTHON_SERVICES, start=30):
             programs.append(Program(
@@ -143,6 +147,8 @@ class Platform:
         self._start("epmd", lambda: time.sleep(0.3))
         self._start("rabbitmq", self.rabbitmq.wait_ready)
         self._configure_rabbitmq()
+        collector_port = self.topology["infrastructure"]["collector"]["port"]
+        self._start("collector", lambda: _wait_grpc_port("collector", collector_port))
         for name in PYTHON_SERVICES:
             self._migrate(name)
             port = self.topology["workloads"][name]["port"]
@@ -236,6 +242,14 @@ def _wait_grpc_health(name: str, port: int, timeout: float = 60.0) -> None:
             time.sleep(0.3)
     raise SystemExit(f"{name} did not report SERVING on port {port} within {timeout:.0f} s "
                      f"(last: {last})")
+
+
+def _wait_grpc_port(name: str, port: int, timeout: float = 30.0) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise SystemExit(f"{name} did not listen on port {port} within {timeout:.0f} s") from None
 
 
 def _print_tail(path: Path, lines: int = 30) -> None:

@@ -5,7 +5,6 @@ import logging
 import uuid
 from typing import Any
 
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from aiswa_runtime import Broker, PoisonMessage
@@ -36,7 +35,6 @@ async def publish_task(broker: Broker, pool: AsyncConnectionPool, run: dict[str,
         TASK_EXCHANGE, TASK_ROUTING_KEY, task_payload(run), message_id=str(run["run_id"])
     )
     async with pool.connection() as conn:
-        conn.row_factory = dict_row
         row = await (await conn.execute(
             "UPDATE runs SET state = 'queued', updated_at = now() "
             "WHERE run_id = %s AND state = 'pending' RETURNING *",
@@ -54,7 +52,6 @@ async def republish_pending(broker: Broker, pool: AsyncConnectionPool, interval:
     while True:
         await asyncio.sleep(interval)
         async with pool.connection() as conn:
-            conn.row_factory = dict_row
             rows = await (await conn.execute(
                 "SELECT * FROM runs WHERE state = 'pending' "
                 "AND updated_at < now() - interval '5 seconds' ORDER BY created_at LIMIT 50"

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from aiswa.projects.v1 import projects_pb2, projects_pb2_grpc
@@ -82,7 +81,6 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServiceServicer):
 
     async def _project(self, project_id: str) -> dict[str, Any]:
         async with self._pool.connection() as conn:
-            conn.row_factory = dict_row
             project = await (await conn.execute(
                 "SELECT * FROM projects WHERE project_id = %s", (project_id,)
             )).fetchone()
@@ -128,7 +126,7 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServiceServicer):
             project_id = (await (await conn.execute(
                 "INSERT INTO projects (name, owner_id) VALUES (%s, %s) RETURNING project_id",
                 (name, claims.subject),
-            )).fetchone())[0]
+            )).fetchone())["project_id"]
             await conn.execute(
                 "INSERT INTO members (project_id, user_id, role) VALUES (%s, %s, 'maintainer')",
                 (project_id, claims.subject),
@@ -153,7 +151,7 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServiceServicer):
                 cursor = await conn.execute(
                     "SELECT p.project_id FROM projects p JOIN members m USING (project_id) "
                     "WHERE m.user_id = %s ORDER BY p.created_at", (claims.subject,))
-            ids = [str(row[0]) for row in await cursor.fetchall()]
+            ids = [str(row["project_id"]) for row in await cursor.fetchall()]
         return projects_pb2.ListProjectsResponse(
             projects=[self._project_message(await self._project(pid)) for pid in ids]
         )
@@ -191,7 +189,6 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServiceServicer):
         path = self._archive_dir / f"{archive_id}.{'zip' if info.format == 'zip' else 'tar.gz'}"
         await asyncio.to_thread(_write_atomically, path, request.content)
         async with self._pool.connection() as conn:
-            conn.row_factory = dict_row
             row = await (await conn.execute(
                 "INSERT INTO archives (archive_id, project_id, filename, format, compressed_bytes,"
                 " expanded_bytes, file_count, sha256, storage_path)"
@@ -209,7 +206,6 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServiceServicer):
         archive_id = parse_uuid(request.archive_id, "archive_id")
         await self._authorize(claims, project_id, write=True)
         async with self._pool.connection() as conn:
-            conn.row_factory = dict_row
             archive = await (await conn.execute(
                 "SELECT archive_id FROM archives WHERE archive_id = %s AND project_id = %s",
                 (archive_id, project_id),
@@ -236,7 +232,6 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServiceServicer):
 
     async def _run(self, run_id: str) -> dict[str, Any]:
         async with self._pool.connection() as conn:
-            conn.row_factory = dict_row
             row = await (await conn.execute("SELECT * FROM runs WHERE run_id = %s", (run_id,))).fetchone()
         if row is None:
             raise not_found(f"run {run_id} not found")
@@ -258,7 +253,6 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServiceServicer):
         project_id = parse_uuid(request.project_id, "project_id")
         await self._authorize(claims, project_id, write=False)
         async with self._pool.connection() as conn:
-            conn.row_factory = dict_row
             rows = await (await conn.execute(
                 "SELECT * FROM runs WHERE project_id = %s ORDER BY created_at DESC", (project_id,)
             )).fetchall()
@@ -273,7 +267,7 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServiceServicer):
             )).fetchone()
         if row is None:
             raise not_found(f"archive {archive_id} not found")
-        path, total = Path(row[0]), row[1]
+        path, total = Path(row["storage_path"]), row["compressed_bytes"]
         offset = 0
         with path.open("rb") as stream:
             while chunk := await asyncio.to_thread(stream.read, CHUNK_BYTES):

@@ -3,7 +3,6 @@ from __future__ import annotations
 import uuid
 
 import grpc
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from aiswa.projects.v1 import projects_pb2, projects_pb2_grpc
@@ -30,7 +29,6 @@ class ReflectorServicer(reflector_pb2_grpc.ReflectorServiceServicer):
         except ValueError:
             raise invalid_argument(f"run_id {request.run_id!r} is not a UUID") from None
         async with self._pool.connection() as conn:
-            conn.row_factory = dict_row
             report = await (await conn.execute(
                 "SELECT * FROM reports WHERE run_id = %s", (run_id,)
             )).fetchone()

@@ -109,7 +109,7 @@ class Worker:
             row = await (await conn.execute(
                 "SELECT summary FROM reports WHERE run_id = %s", (run_id,)
             )).fetchone()
-        return row[0] if row else None
+        return row["summary"] if row else None
 
     async def _store(self, run_id: str, project_id: str, results: list, summary: dict[str, Any]) -> None:
         async with self._pool.connection() as conn, conn.transaction():

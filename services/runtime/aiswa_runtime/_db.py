@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from yoyo import get_backend, read_migrations
 
@@ -24,9 +25,14 @@ def migrate(database_url: str, migrations: Path) -> list[str]:
 
 
 async def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 8) -> AsyncConnectionPool:
-    """Open a connection pool and wait until one connection works."""
+    """Open a connection pool and wait until one connection works.
+
+    Every connection returns rows as dicts, so no caller changes a pooled
+    connection's row factory.
+    """
     pool = AsyncConnectionPool(
         database_url, min_size=min_size, max_size=max_size, open=False,
+        kwargs={"row_factory": dict_row},
         # Connections are checked before use, so a server restart costs a
         # reconnect instead of a failed call.
         check=AsyncConnectionPool.check_connection,

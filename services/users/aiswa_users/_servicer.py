@@ -7,7 +7,6 @@ from typing import Any
 import grpc
 from google.api import httpbody_pb2
 from psycopg.errors import UniqueViolation
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from aiswa.users.v1 import users_pb2, users_pb2_grpc
@@ -63,7 +62,6 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
             )
         key_id, secret = parts
         async with self._pool.connection() as conn:
-            conn.row_factory = dict_row
             row = await (await conn.execute(
                 "SELECT k.secret_hash, k.revoked_at, u.user_id, u.email, u.role "
                 "FROM api_keys k JOIN users u USING (user_id) WHERE k.key_id = %s",
@@ -90,7 +88,6 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
 
     async def _fetch_user(self, user_id: str) -> dict[str, Any]:
         async with self._pool.connection() as conn:
-            conn.row_factory = dict_row
             row = await (await conn.execute(
                 "SELECT user_id, email, role, created_at FROM users WHERE user_id = %s",
                 (user_id,),
@@ -114,7 +111,6 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
                 "role is missing or unknown; use ROLE_VIEWER, ROLE_MAINTAINER or ROLE_ADMIN"
             )
         async with self._pool.connection() as conn:
-            conn.row_factory = dict_row
             try:
                 row = await (await conn.execute(
                     "INSERT INTO users (email, role) VALUES (%s, %s) "
@@ -136,7 +132,6 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
     async def ListUsers(self, request: users_pb2.ListUsersRequest, context: grpc.aio.ServicerContext) -> users_pb2.ListUsersResponse:
         require_user(context, "admin")
         async with self._pool.connection() as conn:
-            conn.row_factory = dict_row
             rows = await (await conn.execute(
                 "SELECT user_id, email, role, created_at FROM users ORDER BY created_at"
             )).fetchall()

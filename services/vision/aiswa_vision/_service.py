@@ -6,7 +6,6 @@ from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from aiswa.projects.v1 import projects_pb2, projects_pb2_grpc
@@ -112,7 +111,6 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         except grpc.aio.AioRpcError as exc:
             raise upstream_error("projects", exc) from None
         async with self._pool.connection() as conn:
-            conn.row_factory = dict_row
             if run_id:
                 roadmap = await (await conn.execute(
                     "SELECT * FROM roadmaps WHERE run_id = %s AND project_id = %s",

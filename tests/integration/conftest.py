@@ -1,0 +1,114 @@
+"""Fixtures for tests against the running platform (`make up`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from aiswa_cli._api import Client
+from aiswa_mesh._state import StateLayout, default_layout
+from aiswa_runtime import load_topology
+
+ROOT = Path(__file__).resolve().parents[2]
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+@pytest.fixture(scope="session")
+def layout() -> StateLayout:
+    layout = default_layout()
+    if not layout.supervisor_socket.exists():
+        pytest.fail("the platform is not running; `make test` starts it, or run `make up`")
+    return layout
+
+
+@pytest.fixture(scope="session")
+def topology() -> dict:
+    return load_topology(str(ROOT / "mesh" / "topology.yaml"))
+
+
+@pytest.fixture(scope="session")
+def gateway_url(topology) -> str:
+    return f"https://127.0.0.1:{topology['gateway']['https_port']}"
+
+
+@pytest.fixture(scope="session")
+def ca_cert(layout) -> str:
+    return str(layout.pki / "gateway-ca.pem")
+
+
+@pytest.fixture(scope="session")
+def admin(layout, gateway_url, ca_cert, tmp_path_factory) -> Client:
+    client = Client(gateway_url, ca_cert, tmp_path_factory.mktemp("admin") / "token.json")
+    client.login(layout.admin_key.read_text().strip())
+    return client
+
+
+@pytest.fixture(scope="session")
+def make_user(admin, gateway_url, ca_cert, tmp_path_factory) -> Callable[[str], tuple[Client, dict]]:
+    """Create a user with ``role`` through the API; return a logged-in client and the user."""
+
+    def create(role: str) -> tuple[Client, dict]:
+        user = admin.request("POST", "/v1/users", body={
+            "email": f"{role}-{uuid.uuid4().hex[:8]}@example.test", "role": f"ROLE_{role.upper()}",
+        })
+        key = admin.request("POST", f"/v1/users/{user['user_id']}/api-keys", body={"name": "test"})
+        client = Client(gateway_url, ca_cert, tmp_path_factory.mktemp(role) / "token.json")
+        client.login(key["api_key"])
+        return client, user
+
+    return create
+
+
+def service_dsn(layout: StateLayout, topology: dict, service: str) -> str:
+    port = topology["infrastructure"]["postgres"]["port"]
+    database = topology["workloads"][service]["database"]
+    password = (layout.secrets / f"postgres-{service}").read_text().strip()
+    return f"postgresql://aiswa_{service}:{password}@127.0.0.1:{port}/{database}"
+
+
+@pytest.fixture(scope="session")
+def database(layout, topology) -> Callable[[str], psycopg.Connection]:
+    connections: list[psycopg.Connection] = []
+
+    def connect(service: str) -> psycopg.Connection:
+        connection = psycopg.connect(service_dsn(layout, topology, service), autocommit=True)
+        connections.append(connection)
+        return connection
+
+    yield connect
+    for connection in connections:
+        connection.close()
+
+
+@pytest.fixture(scope="session")
+def amqp_url(layout, topology) -> str:
+    rabbit = topology["infrastructure"]["rabbitmq"]
+    password = (layout.secrets / "rabbitmq-admin").read_text().strip()
+    return f"amqp://aiswa-admin:{password}@127.0.0.1:{rabbit['amqp_port']}/{rabbit['vhost']}"
+
+
+def supervisorctl(layout: StateLayout, *args: str) -> str:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(layout.supervisord_conf),
+         *args], capture_output=True, text=True, check=False,
+    )
+    return result.stdout
+
+
+def python_files(package: Path) -> list[str]:
+    return sorted(
+        str(path.relative_to(package)) for path in package.rglob("*.py")
+        if "__pycache__" not in path.parts
+    )
+
+
+@pytest.fixture
+def project(admin) -> Iterator[dict]:
+    yield admin.request("POST", "/v1/projects", body={"name": f"test-{uuid.uuid4().hex[:8]}"})
