@@ -5,7 +5,7 @@ STATE := $(ROOT)/.state
 PY := $(STATE)/venv/bin/python
 LAUNCHER := $(PY) -m aiswa_mesh.launcher
 
-.PHONY: help setup lock up down status logs demo test test-unit test-platform chaos bench clean
+.PHONY: help setup lock up down status logs demo test test-unit clean
 
 help:
 	@echo "make demo    start the platform and analyse a standard-library package"
@@ -39,12 +39,6 @@ test: setup
 
 test-unit: setup
 	@$(PY) -m pytest -q tests/unit
-
-chaos: up
-	@$(PY) -m pytest -q tests/chaos
-
-bench: setup
-	@$(PY) -m aiswa_mesh.bench
 
 clean: down
 	rm -rf $(STATE)
