@@ -132,3 +132,17 @@ async def test_deadline_of_inbound_call_shortens_timeout():
     assert upstream.timeout_for("/grpc.health.v1.Health/Check") == 30
     await upstream.close()
     await server.stop(None)
+
+
+async def test_breaker_change_reported_to_listeners():
+    from aiswa_runtime import on_breaker_change
+
+    changes = []
+    on_breaker_change(changes.append)
+    upstream = Upstream("listened", "127.0.0.1:1", max_attempts=1, fail_max=1, reset_timeout=30)
+    stub = health_pb2_grpc.HealthStub(upstream.channel)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await upstream.call(stub.Check, health_pb2.HealthCheckRequest(), idempotent=True,
+                            timeout=1)
+    assert {"upstream": "listened", "from": "closed", "to": "open"} in changes
+    await upstream.close()

@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 
 from aiswa.reflector.v1 import reflector_pb2_grpc
-from aiswa_runtime import Broker, Service, ServiceConfig, Upstream, migrate, open_pool
+from aiswa_runtime import (
+    Broker,
+    Service,
+    ServiceConfig,
+    Upstream,
+    migrate,
+    on_breaker_change,
+    open_pool,
+)
 from aiswa_runtime.archive import ArchiveLimits
 
 from ._servicer import ReflectorServicer
@@ -28,6 +36,8 @@ async def serve(config: ServiceConfig) -> None:
     broker = Broker(config.require_amqp(), config.service)
     await broker.connect()
     service.on_shutdown(broker.close)
+    on_breaker_change(lambda change: broker.publish_event_soon(
+        "breaker.state_changed", {"service": config.service, **change}))
     projects = Upstream("projects", config.upstream("projects"),
                         method_timeouts={"/aiswa.projects.v1.ProjectsService/GetProject": 3.0})
     service.on_shutdown(projects.close)

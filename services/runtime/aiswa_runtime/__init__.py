@@ -7,7 +7,7 @@ logging and tracing: written once, imported by every service.
 
 from ._amqp import Broker, PoisonMessage
 from ._auth import Claims, optional_user, require_user
-from ._client import Upstream, upstream_error
+from ._client import Upstream, on_breaker_change, upstream_error
 from ._config import ConfigError, ServiceConfig
 from ._db import migrate, open_pool
 from ._errors import (
@@ -37,6 +37,7 @@ __all__ = [
     "load_topology",
     "migrate",
     "not_found",
+    "on_breaker_change",
     "open_pool",
     "optional_user",
     "permission_denied",

@@ -49,6 +49,7 @@ class Broker:
         self._service = service
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def connect(self, timeout: float = 30.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -138,6 +139,24 @@ class Broker:
             )
             target = await self.channel.get_exchange(exchange, ensure=False)
             await target.publish(message, routing_key=routing_key, mandatory=True, timeout=10)
+
+    def publish_event_soon(self, routing_key: str, payload: Mapping[str, Any]) -> None:
+        """Publish an event to ``aiswa.events`` in the background, from synchronous code.
+
+        A failure is logged, not raised: events of this kind (breaker state
+        changes) must never fail the call that caused them.
+        """
+
+        async def publish() -> None:
+            try:
+                await self.publish("aiswa.events", routing_key, payload)
+            except Exception as exc:
+                log.warning("event not published", extra={"routing_key": routing_key,
+                                                          "error": repr(exc)})
+
+        task = asyncio.get_running_loop().create_task(publish())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def consume(
         self,

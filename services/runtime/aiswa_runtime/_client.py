@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -40,6 +40,12 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 
 _STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+_breaker_listeners: list[Callable[[dict[str, str]], None]] = []
+
+
+def on_breaker_change(listener: Callable[[dict[str, str]], None]) -> None:
+    """Call ``listener`` with ``{"upstream", "from", "to"}`` on every breaker state change."""
+    _breaker_listeners.append(listener)
 
 
 class _BreakerLog(pybreaker.CircuitBreakerListener):
@@ -54,6 +60,9 @@ class _BreakerLog(pybreaker.CircuitBreakerListener):
         )
         _metrics.BREAKER_STATE.labels(self._upstream).set(_STATE_VALUES[new_state.name])
         _metrics.BREAKER_TRANSITIONS.labels(self._upstream, new_state.name).inc()
+        change = {"upstream": self._upstream, "from": old, "to": new_state.name}
+        for listener in _breaker_listeners:
+            listener(change)
 
 
 class Upstream:

@@ -7,7 +7,15 @@ import asyncio
 from pathlib import Path
 
 from aiswa.vision.v1 import vision_pb2_grpc
-from aiswa_runtime import Broker, Service, ServiceConfig, Upstream, migrate, open_pool
+from aiswa_runtime import (
+    Broker,
+    Service,
+    ServiceConfig,
+    Upstream,
+    migrate,
+    on_breaker_change,
+    open_pool,
+)
 
 from ._service import RoadmapBuilder, VisionServicer
 
@@ -21,6 +29,8 @@ async def serve(config: ServiceConfig) -> None:
     broker = Broker(config.require_amqp(), config.service)
     await broker.connect()
     service.on_shutdown(broker.close)
+    on_breaker_change(lambda change: broker.publish_event_soon(
+        "breaker.state_changed", {"service": config.service, **change}))
     reflector = Upstream("reflector", config.upstream("reflector"))
     projects = Upstream("projects", config.upstream("projects"))
     service.on_shutdown(reflector.close)
