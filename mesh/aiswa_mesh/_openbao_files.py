@@ -139,7 +139,7 @@ def _is_current(cert: x509.Certificate, now: datetime.datetime) -> bool:
 def _load_pair(
     cert_path: Path, key_path: Path
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
-    """Load a certificate and its key, or return None when either is missing, damaged or unpaired."""
+    """Load a certificate and its key, or return None if either is missing, damaged or unpaired."""
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)

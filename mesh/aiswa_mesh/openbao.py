@@ -25,7 +25,6 @@ import os
 import random
 import re
 import signal
-import ssl
 import sys
 import threading
 import time
@@ -47,35 +46,31 @@ from ._openbao_files import (
     write_sds_files,
     write_secret,
 )
+from ._openbao_pki import (
+    INTERMEDIATE_MOUNT,
+    ROOT_MOUNT,
+    ApiClient,
+    OpenBaoError,
+    ensure_approle,
+    ensure_intermediate,
+    ensure_root,
+    identity_dns,
+    identity_uri,
+    reply_data,
+    wait_for,
+    write_workload_approle,
+    write_workload_policy,
+    write_workload_role,
+)
 from ._state import StateLayout, default_layout
 
 log = logging.getLogger("aiswa.openbao")
 
-ROOT_MOUNT = "pki"
-INTERMEDIATE_MOUNT = "pki_int"
-ROOT_COMMON_NAME = "aiswa mesh root"
-INTERMEDIATE_COMMON_NAME = "aiswa mesh intermediate"
-ROOT_TTL = "87600h"  # 10 years
-INTERMEDIATE_TTL = "43800h"  # 5 years
-# An AppRole login returns a batch token that lives this long. The agent logs
-# in again before every issuance, so it never renews a token.
-WORKLOAD_TOKEN_TTL = "5m"
 # Workloads reach OpenBao over loopback only, so their AppRole credentials and
 # tokens are accepted only from there.
 DEFAULT_BOUND_CIDRS = ("127.0.0.0/8",)
-REQUEST_TIMEOUT_SECONDS = 10.0
 
 _WORKLOAD_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-def identity_uri(service: str, namespace: str) -> str:
-    """Return the URI SAN of ``<service>.<namespace>``, the way Linkerd writes it."""
-    return f"spiffe://root.linkerd.cluster.local/ns/{namespace}/sa/{service}"
-
-
-def identity_dns(service: str, namespace: str) -> str:
-    """Return the DNS SAN of ``<service>.<namespace>``, the way Linkerd writes it."""
-    return f"{service}.{namespace}.serviceaccount.identity.linkerd.cluster.local"
 
 
 def openbao_binary() -> Path:
@@ -89,16 +84,6 @@ def openbao_binary() -> Path:
             "`bash scripts/setup.sh`"
         )
     return path
-
-
-class OpenBaoError(RuntimeError):
-    """An OpenBao API request that failed, with its HTTP status and OpenBao's error messages."""
-
-    def __init__(self, method: str, path: str, status: int, errors: list[str]) -> None:
-        detail = "; ".join(errors) or "no error message"
-        super().__init__(f"OpenBao {method} /v1/{path} failed with HTTP {status}: {detail}")
-        self.status = status
-        self.errors = errors
 
 
 class IssuedCertificate(NamedTuple):
@@ -170,7 +155,7 @@ class OpenBao:
         return self.secrets_dir / "openbao-unseal-key"
 
     def workload_secrets(self, workload: str) -> Path:
-        """Return the folder with the AppRole ``role-id`` and ``secret-id`` files of ``workload``."""
+        """Return the folder with ``workload``'s AppRole ``role-id`` and ``secret-id`` files."""
         return self.secrets_dir / _check_workload(workload)
 
     # --- process ---------------------------------------------------------
@@ -218,7 +203,7 @@ class OpenBao:
         Returns True when this call initialized the server.
         """
         with self._client() as client:
-            status = _wait_for(lambda: client.request("GET", "sys/seal-status"), timeout,
+            status = wait_for(lambda: client.request("GET", "sys/seal-status"), timeout,
                                f"OpenBao did not answer on {self.address}")
             initialized_now = False
             if not status["initialized"]:
@@ -245,7 +230,7 @@ class OpenBao:
         Returns True when the server was sealed.
         """
         with self._client() as client:
-            status = _wait_for(lambda: client.request("GET", "sys/seal-status"), timeout,
+            status = wait_for(lambda: client.request("GET", "sys/seal-status"), timeout,
                                f"OpenBao did not answer on {self.address}")
             was_sealed = bool(status["sealed"])
             if was_sealed:
@@ -259,7 +244,7 @@ class OpenBao:
                 log.info("unsealed OpenBao on %s", self.address)
             # Right after unsealing, Raft elects this node leader. Until then
             # sys/health returns a status other than 200.
-            _wait_for(lambda: client.request("GET", "sys/health"), timeout,
+            wait_for(lambda: client.request("GET", "sys/health"), timeout,
                       f"OpenBao on {self.address} did not become active")
         return was_sealed
 
@@ -282,22 +267,25 @@ class OpenBao:
         cidrs = list(bound_cidrs)
         token = read_secret(self.root_token_path)
         with self._client(token) as client:
-            _ensure_root(client)
-            _ensure_intermediate(client)
-            _ensure_approle(client)
+            ensure_root(client)
+            ensure_intermediate(client)
+            ensure_approle(client)
+            # NOTE: roles, policies and AppRoles of workloads that are no
+            # longer listed stay in OpenBao until they are deleted by hand.
             for workload in workloads:
-                _write_workload_role(client, workload, namespace, ttl)
-                _write_workload_policy(client, workload, namespace)
-                _write_workload_approle(client, workload, cidrs)
+                write_workload_role(client, workload, namespace, ttl)
+                write_workload_policy(client, workload, namespace)
+                write_workload_approle(client, workload, cidrs)
                 self._store_approle_credentials(client, workload)
         mesh = {"namespace": namespace, "workloads": workloads, "ttl": ttl}
         write_file_atomically(self.mesh_path, json.dumps(mesh, indent=2).encode(), 0o644)
         log.info("configured the mesh PKI for %s in namespace %s (max TTL %s)",
                  ", ".join(workloads), namespace, ttl)
 
-    def _store_approle_credentials(self, client: _Api, workload: str) -> None:
+    def _store_approle_credentials(self, client: ApiClient, workload: str) -> None:
         folder = ensure_private_dir(self.workload_secrets(workload))
-        role_id = _data(client.request("GET", f"auth/approle/role/{workload}/role-id"))["role_id"]
+        reply = client.request("GET", f"auth/approle/role/{workload}/role-id")
+        role_id = reply_data(reply)["role_id"]
         role_id_path, secret_id_path = folder / "role-id", folder / "secret-id"
         if not role_id_path.exists() or read_secret(role_id_path) != role_id:
             write_secret(role_id_path, role_id)
@@ -308,7 +296,7 @@ class OpenBao:
                 return
             log.info("the stored secret id of %s is no longer valid; creating a new one", workload)
         reply = client.request("POST", f"auth/approle/role/{workload}/secret-id")
-        secret_id = _data(reply)["secret_id"]
+        secret_id = reply_data(reply)["secret_id"]
         write_secret(secret_id_path, secret_id)
 
     # --- issuance --------------------------------------------------------
@@ -340,10 +328,13 @@ class OpenBao:
             request["ttl"] = ttl
         token = self.login(workload)
         with self._client(token) as client:
-            reply = _data(client.request("POST", f"{INTERMEDIATE_MOUNT}/issue/{workload}", request))
-        chain = [reply["certificate"]]
+            reply = client.request("POST", f"{INTERMEDIATE_MOUNT}/issue/{workload}", request)
+        issued = reply_data(reply)
+        chain = [issued["certificate"]]
         root = None
-        for pem in reply.get("ca_chain") or [reply["issuing_ca"]]:
+        # ca_chain lists the intermediate and, because the intermediate was
+        # imported together with the root, the self-signed root as well.
+        for pem in issued.get("ca_chain") or [issued["issuing_ca"]]:
             cert = x509.load_pem_x509_certificate(pem.encode())
             if cert.subject == cert.issuer:
                 root = pem
@@ -352,10 +343,10 @@ class OpenBao:
         if root is None:
             with self._client() as client:
                 root = client.get_text(f"{ROOT_MOUNT}/ca/pem")
-        leaf = x509.load_pem_x509_certificate(reply["certificate"].encode())
+        leaf = x509.load_pem_x509_certificate(issued["certificate"].encode())
         return IssuedCertificate(
             cert_chain_pem="\n".join(pem.strip() for pem in chain) + "\n",
-            key_pem=reply["private_key"].strip() + "\n",
+            key_pem=issued["private_key"].strip() + "\n",
             ca_pem=root.strip() + "\n",
             not_after=leaf.not_valid_after_utc,
         )
@@ -370,220 +361,14 @@ class OpenBao:
                 "or pass the namespace explicitly"
             ) from None
 
-    def _client(self, token: str | None = None) -> _Api:
-        return _Api(self.address, self.ca_cert, token)
-
-
-class _Api:
-    """A small client for OpenBao's HTTP API that verifies the listener with the local CA."""
-
-    def __init__(self, address: str, ca_cert: Path, token: str | None) -> None:
-        context = ssl.create_default_context(cafile=str(ca_cert))
-        headers = {"X-Vault-Token": token} if token else {}
-        # trust_env=False: proxy variables must never route loopback traffic elsewhere.
-        self._http = httpx.Client(base_url=f"{address}/v1/", verify=context, headers=headers,
-                                  timeout=REQUEST_TIMEOUT_SECONDS, trust_env=False)
-
-    def __enter__(self) -> _Api:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._http.close()
-
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                ) -> dict[str, Any] | None:
-        """Send a request and return the decoded JSON reply.
-
-        Returns None for 204 and for a 404 without error messages, which is
-        what OpenBao returns for a read of a path that contains nothing.
-        """
-        reply = self._http.request(method, path, json=body)
-        if reply.status_code == 204:
-            return None
-        payload = reply.json() if reply.content else {}
-        if reply.status_code == 404 and not payload.get("errors"):
-            return None
-        if reply.status_code >= 400:
-            raise OpenBaoError(method, path, reply.status_code, payload.get("errors", []))
-        return payload
-
-    def get_text(self, path: str) -> str:
-        reply = self._http.get(path)
-        if reply.status_code >= 400:
-            raise OpenBaoError("GET", path, reply.status_code, [reply.text[:200]])
-        return reply.text
-
-
-def _wait_for(request, timeout: float, message: str):  # type: ignore[no-untyped-def]
-    """Call ``request`` until it returns without error, or raise TimeoutError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return request()
-        except (httpx.TransportError, OpenBaoError) as exc:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{message} within {timeout:.0f} s (last error: {exc})") from exc
-        time.sleep(0.2)
-
-
-def _data(reply: dict[str, Any] | None) -> dict[str, Any]:
-    """Return the ``data`` object of an OpenBao reply, or an empty dict when there is none."""
-    return (reply or {}).get("data") or {}
+    def _client(self, token: str | None = None) -> ApiClient:
+        return ApiClient(self.address, self.ca_cert, token)
 
 
 def _check_workload(name: str) -> str:
     if not _WORKLOAD_NAME.match(name):
         raise ValueError(f"invalid workload name {name!r}: expected a DNS label such as 'users'")
     return name
-
-
-# --- PKI and auth configuration, with the root token ---------------------
-
-
-def _ensure_mount(client: _Api, path: str, max_lease_ttl: str) -> None:
-    mounts = _data(client.request("GET", "sys/mounts"))
-    if f"{path}/" not in mounts:
-        client.request("POST", f"sys/mounts/{path}",
-                       {"type": "pki", "config": {"max_lease_ttl": max_lease_ttl}})
-        log.info("mounted the PKI secrets engine at %s/", path)
-    else:
-        client.request("POST", f"sys/mounts/{path}/tune", {"max_lease_ttl": max_lease_ttl})
-
-
-def _has_issuer(client: _Api, mount: str) -> bool:
-    issuers = client.request("LIST", f"{mount}/issuers")
-    return bool(issuers and issuers["data"].get("keys"))
-
-
-def _ensure_root(client: _Api) -> None:
-    _ensure_mount(client, ROOT_MOUNT, ROOT_TTL)
-    if _has_issuer(client, ROOT_MOUNT):
-        return
-    client.request("POST", f"{ROOT_MOUNT}/root/generate/internal", {
-        "common_name": ROOT_COMMON_NAME,
-        "issuer_name": "mesh-root",
-        "key_type": "ec",
-        "key_bits": 256,
-        "ttl": ROOT_TTL,
-    })
-    log.info("generated the mesh root CA %r in %s/", ROOT_COMMON_NAME, ROOT_MOUNT)
-
-
-def _ensure_intermediate(client: _Api) -> None:
-    _ensure_mount(client, INTERMEDIATE_MOUNT, INTERMEDIATE_TTL)
-    if _has_issuer(client, INTERMEDIATE_MOUNT):
-        return
-    csr = _data(client.request("POST", f"{INTERMEDIATE_MOUNT}/intermediate/generate/internal", {
-        "common_name": INTERMEDIATE_COMMON_NAME,
-        "key_type": "ec",
-        "key_bits": 256,
-    }))["csr"]
-    signed = _data(client.request("POST", f"{ROOT_MOUNT}/root/sign-intermediate", {
-        "csr": csr,
-        "common_name": INTERMEDIATE_COMMON_NAME,
-        "ttl": INTERMEDIATE_TTL,
-        # The intermediate signs only leaf certificates.
-        "max_path_length": 0,
-        "format": "pem",
-    }))
-    # Importing the root with the intermediate lets issue replies carry the
-    # whole chain up to the root in ca_chain.
-    bundle = signed["certificate"].strip() + "\n" + signed["issuing_ca"].strip() + "\n"
-    client.request("POST", f"{INTERMEDIATE_MOUNT}/intermediate/set-signed", {"certificate": bundle})
-    client.request("POST", f"{INTERMEDIATE_MOUNT}/config/auto-tidy", {
-        "enabled": True,
-        "tidy_cert_store": True,
-        "tidy_revoked_certs": True,
-        "safety_buffer": "1h",
-        "interval_duration": "1h",
-    })
-    log.info("generated the mesh intermediate CA %r in %s/, signed by the root",
-             INTERMEDIATE_COMMON_NAME, INTERMEDIATE_MOUNT)
-
-
-def _ensure_approle(client: _Api) -> None:
-    methods = _data(client.request("GET", "sys/auth"))
-    if "approle/" not in methods:
-        client.request("POST", "sys/auth/approle", {"type": "approle"})
-        log.info("enabled the AppRole auth method")
-
-
-def _write_workload_role(client: _Api, workload: str, namespace: str, ttl: str) -> None:
-    client.request("POST", f"{INTERMEDIATE_MOUNT}/roles/{workload}", {
-        "issuer_ref": "default",
-        "ttl": ttl,
-        "max_ttl": ttl,
-        # DNS names and the common name: exactly the workload's DNS SAN.
-        "allowed_domains": [identity_dns(workload, namespace)],
-        "allow_bare_domains": True,
-        "allow_subdomains": False,
-        "allow_glob_domains": False,
-        "allowed_domains_template": False,
-        "allow_wildcard_certificates": False,
-        "allow_localhost": False,
-        "allow_any_name": False,
-        "enforce_hostnames": True,
-        "cn_validations": ["hostname"],
-        # URI SANs: exactly the workload's SPIFFE id. The value has no "*", so
-        # the role's glob match is an exact match.
-        "allowed_uri_sans": [identity_uri(workload, namespace)],
-        "allowed_uri_sans_template": False,
-        "allow_ip_sans": False,
-        "allowed_other_sans": [],
-        "allowed_serial_numbers": [],
-        "allowed_user_ids": [],
-        "server_flag": True,
-        "client_flag": True,
-        "code_signing_flag": False,
-        "email_protection_flag": False,
-        "key_type": "ec",
-        "key_bits": 256,
-        "key_usage": ["DigitalSignature"],
-        "ext_key_usage": [],
-        "require_cn": True,
-        # The lifetime comes from ttl alone. A requested not_after, or a
-        # not_before further back than the default backdating, is rejected.
-        "not_after_bound": "ttl-limited",
-        "not_before_bound": "duration",
-        "basic_constraints_valid_for_non_ca": False,
-        "generate_lease": False,
-        "no_store": False,
-    })
-
-
-def _write_workload_policy(client: _Api, workload: str, namespace: str) -> None:
-    # The role alone would still accept an e-mail SAN under the allowed
-    # domain (alt_names=x@<dns name>) or exclude_cn_from_sans. So the policy
-    # also lists the only parameters a request may have, and the only values
-    # the two names may take.
-    policy = {"path": {f"{INTERMEDIATE_MOUNT}/issue/{workload}": {
-        "capabilities": ["create", "update"],
-        "required_parameters": ["common_name", "uri_sans"],
-        "allowed_parameters": {
-            "common_name": [identity_dns(workload, namespace)],
-            "uri_sans": [identity_uri(workload, namespace)],
-            "ttl": [],
-            "private_key_format": ["pkcs8"],
-        },
-    }}}
-    client.request("PUT", f"sys/policies/acl/mesh-{workload}", {"policy": json.dumps(policy)})
-
-
-def _write_workload_approle(client: _Api, workload: str, bound_cidrs: list[str]) -> None:
-    client.request("POST", f"auth/approle/role/{workload}", {
-        "token_policies": [f"mesh-{workload}"],
-        "token_no_default_policy": True,
-        "token_type": "batch",
-        "token_ttl": WORKLOAD_TOKEN_TTL,
-        "token_max_ttl": WORKLOAD_TOKEN_TTL,
-        "token_bound_cidrs": bound_cidrs,
-        "secret_id_bound_cidrs": bound_cidrs,
-        "bind_secret_id": True,
-        # The secret id is reused for every login, for as long as the state
-        # folder lives; configure_pki replaces it when it is no longer valid.
-        "secret_id_ttl": 0,
-        "secret_id_num_uses": 0,
-    })
 
 
 # --- the certificate agent -------------------------------------------------

@@ -126,6 +126,31 @@ def test_server_restart_unseals_from_stored_key(server):
     assert "BEGIN CERTIFICATE" in issued.cert_chain_pem
 
 
+def test_unseal_watch_unseals_restarted_server(server):
+    bao = server.bao
+    server.stop()
+    server.start()
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "aiswa_mesh.openbao", "unseal", "--watch", "1",
+         "--state", str(bao.root), "--port", str(bao.port),
+         "--cluster-port", str(bao.cluster_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        with _client(bao) as client:
+            # sys/health returns 200 only when the server is unsealed and active.
+            while _wait_status(client, "sys/health") != 200:
+                assert watcher.poll() is None
+                assert time.monotonic() < deadline, "the watcher did not unseal within 30 s"
+                time.sleep(0.2)
+    finally:
+        watcher.terminate()
+        output = watcher.communicate(timeout=20)[0].decode()
+    assert "unsealed OpenBao" in output
+    assert bao.issue("users")
+
+
 def test_unseal_is_noop_when_unsealed(bao):
     assert bao.unseal() is False
 
@@ -612,6 +637,17 @@ def _wait_json(client: httpx.Client, path: str, timeout: float = 30.0) -> dict:
     while True:
         try:
             return client.get(path).json()
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _wait_status(client: httpx.Client, path: str, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.get(path).status_code
         except httpx.TransportError:
             if time.monotonic() > deadline:
                 raise
