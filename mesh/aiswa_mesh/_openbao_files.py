@@ -1,8 +1,7 @@
-"""Files that the local OpenBao and its certificate agents write.
+"""Files that the local OpenBao bootstrap writes.
 
 The listener's TLS material is a small local CA and a server certificate for
-127.0.0.1. Secret files are readable only by their owner. A workload's
-identity folder is switched to a new certificate and key in one atomic rename.
+127.0.0.1. Secret files are readable only by their owner.
 """
 
 from __future__ import annotations
@@ -12,13 +11,10 @@ import ipaddress
 import logging
 import os
 import secrets
-import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,27 +25,13 @@ log = logging.getLogger("aiswa.openbao")
 
 LISTENER_CA_LIFETIME = datetime.timedelta(days=3650)
 LISTENER_CERT_LIFETIME = datetime.timedelta(days=365)
-# The listener certificate is replaced at the next start once less than this
-# remains, so OpenBao never serves an expired certificate after a restart.
+# OpenBao.config() replaces the listener certificate once less than this
+# remains. NOTE: a server that runs without a restart through those last 30
+# days keeps serving the old certificate until it expires.
 LISTENER_RENEW_BEFORE = datetime.timedelta(days=30)
 BACKDATE = datetime.timedelta(minutes=5)
 LISTENER_DNS_NAMES = ("localhost",)
 LISTENER_IP_ADDRESSES = (ipaddress.ip_address("127.0.0.1"),)
-
-CERT_FILE = "cert.pem"
-KEY_FILE = "key.pem"
-CA_FILE = "ca.pem"
-# Names of the path-based SDS files that Envoy reads, one Secret each.
-SDS_IDENTITY_FILE = "sds-identity.yaml"
-SDS_TRUST_FILE = "sds-trust.yaml"
-SDS_IDENTITY_SECRET = "mesh-identity"
-SDS_TRUST_SECRET = "mesh-trust"
-# The same layout as a Kubernetes secret volume: "..data" is a symbolic link
-# to the current generation folder, and cert.pem, key.pem and ca.pem are
-# symbolic links through "..data".
-DATA_LINK = "..data"
-_GENERATION_PREFIX = "..gen-"
-_SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,100 +225,3 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-# --- a workload's identity folder -------------------------------------------
-
-
-def publish_identity(out_dir: Path, cert_chain_pem: str, key_pem: str, ca_pem: str) -> Path:
-    """Switch ``out_dir`` to a new certificate chain, key and mesh root in one rename.
-
-    The three files are written into a new generation folder, then the
-    ``..data`` link is renamed onto that folder. A reader that resolves
-    ``..data`` once and reads both files from the result always gets a
-    matching pair. Envoy's ``watched_directory`` reloads on that rename (a
-    move event in ``out_dir``). The previous generation is kept, so a reader
-    that resolved ``..data`` just before the switch can still open its files.
-    Returns the new generation folder.
-    """
-    ensure_private_dir(out_dir)
-    generation = Path(tempfile.mkdtemp(
-        prefix=f"{_GENERATION_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-", dir=out_dir))
-    os.chmod(generation, 0o700)
-    for name, text, mode in ((CERT_FILE, cert_chain_pem, 0o644), (KEY_FILE, key_pem, 0o600),
-                             (CA_FILE, ca_pem, 0o644)):
-        write_file_atomically(generation / name, text.encode(), mode)
-    _fsync_dir(generation)
-    _replace_symlink(out_dir / DATA_LINK, generation.name)
-    for name in (CERT_FILE, KEY_FILE, CA_FILE):
-        link = out_dir / name
-        target = f"{DATA_LINK}/{name}"
-        if not (link.is_symlink() and os.readlink(link) == target):
-            _replace_symlink(link, target)
-    _fsync_dir(out_dir)
-    _remove_old_generations(out_dir, keep={generation.name, _previous_generation(out_dir)})
-    return generation
-
-
-def write_sds_files(out_dir: Path) -> tuple[Path, Path]:
-    """Write the path-based SDS files through which Envoy reads ``out_dir``.
-
-    ``sds-identity.yaml`` contains the Secret ``mesh-identity`` (certificate
-    chain and key) and ``sds-trust.yaml`` the Secret ``mesh-trust`` (the mesh
-    root as the validation context). Both watch ``out_dir``, so Envoy reloads
-    them after every switch of ``..data``. Returns both paths.
-    """
-    ensure_private_dir(out_dir)
-    identity = {"resources": [{
-        "@type": _SECRET_TYPE,
-        "name": SDS_IDENTITY_SECRET,
-        "tls_certificate": {
-            "certificate_chain": {"filename": str(out_dir / CERT_FILE)},
-            "private_key": {"filename": str(out_dir / KEY_FILE)},
-            "watched_directory": {"path": str(out_dir)},
-        },
-    }]}
-    trust = {"resources": [{
-        "@type": _SECRET_TYPE,
-        "name": SDS_TRUST_SECRET,
-        "validation_context": {
-            "trusted_ca": {"filename": str(out_dir / CA_FILE)},
-            "watched_directory": {"path": str(out_dir)},
-        },
-    }]}
-    paths = (out_dir / SDS_IDENTITY_FILE, out_dir / SDS_TRUST_FILE)
-    for path, document in zip(paths, (identity, trust)):
-        write_file_atomically(path, yaml.safe_dump(document, sort_keys=False).encode(), 0o644)
-    return paths
-
-
-def _replace_symlink(link: Path, target: str) -> None:
-    temporary = link.with_name(f"{link.name}.tmp-{secrets.token_hex(4)}")
-    os.symlink(target, temporary)
-    try:
-        os.replace(temporary, link)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _previous_generation(out_dir: Path) -> str:
-    """Return the name of the newest generation folder that ``..data`` does not point to."""
-    current = os.readlink(out_dir / DATA_LINK)
-    others = sorted((path for path in out_dir.glob(f"{_GENERATION_PREFIX}*")
-                     if path.name != current), key=lambda path: path.stat().st_mtime_ns)
-    return others[-1].name if others else ""
-
-
-def _remove_old_generations(out_dir: Path, keep: set[str]) -> None:
-    for path in out_dir.glob(f"{_GENERATION_PREFIX}*"):
-        if path.name not in keep:
-            shutil.rmtree(path, ignore_errors=True)

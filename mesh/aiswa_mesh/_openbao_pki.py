@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from .envoy_sidecar import identity_dns, identity_uri
+
 log = logging.getLogger("aiswa.openbao")
 
 ROOT_MOUNT = "pki"
@@ -28,16 +30,6 @@ INTERMEDIATE_TTL = "43800h"  # 5 years
 # in again before every issuance, so it never renews a token.
 WORKLOAD_TOKEN_TTL = "5m"
 REQUEST_TIMEOUT_SECONDS = 10.0
-
-
-def identity_uri(service: str, namespace: str) -> str:
-    """Return the URI SAN of ``<service>.<namespace>``, the way Linkerd writes it."""
-    return f"spiffe://root.linkerd.cluster.local/ns/{namespace}/sa/{service}"
-
-
-def identity_dns(service: str, namespace: str) -> str:
-    """Return the DNS SAN of ``<service>.<namespace>``, the way Linkerd writes it."""
-    return f"{service}.{namespace}.serviceaccount.identity.linkerd.cluster.local"
 
 
 class OpenBaoError(RuntimeError):

@@ -6,7 +6,7 @@ unseals it, and mounts the mesh PKI: a root (``pki``), an intermediate
 (``pki_int``) and, per workload, a role, a policy and an AppRole that can
 issue only that workload's identity. The agent (``python -m
 aiswa_mesh.openbao agent``) logs in with a workload's AppRole, keeps its
-certificate, key and the mesh root in a folder that Envoy watches, and
+certificate, key and the mesh root in the sidecar's certificate folder, and
 renews the certificate before it expires.
 
 Command line::
@@ -36,14 +36,10 @@ import httpx
 from cryptography import x509
 
 from ._openbao_files import (
-    CERT_FILE,
-    KEY_FILE,
     ensure_listener_tls,
     ensure_private_dir,
-    publish_identity,
     read_secret,
     write_file_atomically,
-    write_sds_files,
     write_secret,
 )
 from ._openbao_pki import (
@@ -63,6 +59,7 @@ from ._openbao_pki import (
     write_workload_role,
 )
 from ._state import StateLayout, default_layout
+from .envoy_sidecar import CERT_FILE, KEY_FILE, write_certs_atomically
 
 log = logging.getLogger("aiswa.openbao")
 
@@ -387,13 +384,14 @@ def run_agent(bao: OpenBao, workload: str, out_dir: Path, *, renew_fraction: flo
     if not 0 < renew_fraction < 1:
         raise ValueError(f"invalid renew fraction {renew_fraction}: expected a number in (0, 1)")
     stop = stop or threading.Event()
-    write_sds_files(out_dir)
     failures = 0
     while not stop.is_set():
         try:
             issued_at = datetime.datetime.now(datetime.timezone.utc)
             issued = bao.issue(workload, ttl=ttl, namespace=namespace)
-            publish_identity(out_dir, issued.cert_chain_pem, issued.key_pem, issued.ca_pem)
+            # One rename switches certificate, key and root together, and
+            # Envoy's watched_directory reloads on that rename.
+            write_certs_atomically(out_dir, issued.cert_chain_pem, issued.key_pem, issued.ca_pem)
         except (OpenBaoError, httpx.HTTPError, OSError, ValueError) as exc:
             failures += 1
             delay = min(2.0 ** failures, 30.0) * random.uniform(0.5, 1.0)
@@ -443,7 +441,8 @@ def _parser() -> argparse.ArgumentParser:
                                 help="keep a workload's certificate files current")
     agent.add_argument("--workload", required=True, help="workload name, such as users")
     agent.add_argument("--out", type=Path, required=True,
-                       help="folder for cert.pem, key.pem, ca.pem and the SDS files")
+                       help="certificate folder for cert.pem, key.pem and ca.pem, in the "
+                            "layout of envoy_sidecar.write_certs_atomically")
     agent.add_argument("--renew-fraction", type=float, default=0.5,
                        help="renew after this fraction of a certificate's lifetime (default 0.5)")
     agent.add_argument("--ttl", default=None,

@@ -495,15 +495,12 @@ def test_agent_writes_files_with_private_key_mode(agent):
     assert len(leaf) == 2
     root = x509.load_pem_x509_certificate((out_dir / "ca.pem").read_bytes())
     assert root.subject == root.issuer
-    sds = (out_dir / "sds-identity.yaml").read_text()
-    assert str(out_dir / "cert.pem") in sds
-    assert "watched_directory" in sds
 
 
-def _envoy_bootstrap(out_dir: Path, port: int, admin_port: int) -> dict:
+def _envoy_bootstrap(sds_dir: Path, port: int, admin_port: int) -> dict:
     def sds(secret: str, file_name: str) -> dict:
         return {"name": secret, "sds_config": {
-            "path_config_source": {"path": str(out_dir / file_name)},
+            "path_config_source": {"path": str(sds_dir / file_name)},
             "resource_api_version": "V3",
         }}
 
@@ -562,6 +559,7 @@ def test_envoy_reloads_rotated_certificate(agent, tmp_path):
     import yaml
 
     from aiswa_mesh.envoy_gateway import envoy_binary
+    from aiswa_mesh.envoy_sidecar import render_sds_files
 
     out_dir, log_path, process = agent
     deadline = time.monotonic() + 30
@@ -569,9 +567,14 @@ def test_envoy_reloads_rotated_certificate(agent, tmp_path):
         assert process.poll() is None, log_path.read_text()
         assert time.monotonic() < deadline
         time.sleep(0.1)
+    # The SDS files that the sidecar renderer writes for this certificate folder.
+    sds_dir = tmp_path / "sds"
+    sds_dir.mkdir()
+    for name, document in render_sds_files(out_dir).items():
+        (sds_dir / name).write_text(yaml.safe_dump(document))
     port = _free_port()
     config = tmp_path / "envoy.yaml"
-    config.write_text(yaml.safe_dump(_envoy_bootstrap(out_dir, port, _free_port())))
+    config.write_text(yaml.safe_dump(_envoy_bootstrap(sds_dir, port, _free_port())))
     envoy_log = open(tmp_path / "envoy.log", "wb")  # noqa: SIM115
     envoy = subprocess.Popen([str(envoy_binary()), "-c", str(config), "--disable-hot-restart",
                               "--log-level", "warn"], stdout=envoy_log, stderr=subprocess.STDOUT)
