@@ -1,0 +1,90 @@
+//! A bound on expression nesting, checked on the tokens before parsing.
+//!
+//! CPython 3.11 rejects an AST nested deeper than about 3,000 nodes, and the C
+//! tokenizer rejects more than 200 open brackets and 99 levels of indentation (see
+//! `tokenizer`). Chains of operators nest without brackets, though: `not not ... x`
+//! or `a.b.c...` or `1+1+...`. The Rust parser recurses on some of those chains and
+//! the AST is dropped recursively, so a file of millions of them would use
+//! gigabytes of stack. This bound stops such a file before parsing.
+//!
+//! The bound counts, in each comma-separated part of a bracket level, the tokens
+//! that can add a level to an expression (arithmetic and bitwise operators, `.`,
+//! `not`, `lambda`, `await`, `if`, `else` and opening brackets), plus the count of
+//! the enclosing levels. It is an upper bound of the expression's depth.
+
+use super::tokenizer::{Token, TokenKind};
+
+/// Files whose bound exceeds this are rejected as too deeply nested. CPython already
+/// rejects the depth that this many operators in one chain produce.
+pub const MAX_EXPRESSION_BOUND: u32 = 100_000;
+
+pub struct DepthBound {
+    /// Per open bracket: the count when it was opened, and the current count.
+    levels: Vec<(u32, u32)>,
+    previous: Option<(TokenKind, usize)>,
+    pub max: u32,
+}
+
+impl DepthBound {
+    pub fn new() -> Self {
+        Self { levels: vec![(0, 0)], previous: None, max: 0 }
+    }
+
+    pub fn add_token(&mut self, text: &str, token: &Token) {
+        let bytes = &text.as_bytes()[token.start..token.end];
+        let added = match (token.kind, bytes) {
+            (TokenKind::Op, [b'(' | b'[' | b'{']) => {
+                let count = self.bump(1);
+                self.levels.push((count, count));
+                0
+            }
+            (TokenKind::Op, [b')' | b']' | b'}']) => {
+                if self.levels.len() > 1 {
+                    self.levels.pop();
+                }
+                0
+            }
+            (TokenKind::Op, [b',' | b';']) => {
+                if let Some(level) = self.levels.last_mut() {
+                    level.1 = level.0;
+                }
+                0
+            }
+            (TokenKind::Op, [b'+' | b'-' | b'*' | b'/' | b'%' | b'@' | b'&' | b'|' | b'^' | b'~' | b'.'])
+            | (TokenKind::Op, [b'*', b'*'] | [b'/', b'/'] | [b'<', b'<'] | [b'>', b'>']) => 1,
+            (TokenKind::Name, b"not" | b"lambda" | b"await" | b"if" | b"else") => 1,
+            (TokenKind::String, _) if self.parses_as_template(bytes, token) => {
+                // The parser parses the expressions inside f-strings (and t-strings).
+                let operators = bytes.iter().filter(|byte| b"([{+-*/%@&|^~.".contains(byte)).count();
+                u32::try_from(operators).unwrap_or(u32::MAX)
+            }
+            (TokenKind::Newline, _) => {
+                self.levels.truncate(1);
+                self.levels[0] = (0, 0);
+                0
+            }
+            _ => 0,
+        };
+        if added > 0 {
+            self.bump(added);
+        }
+        self.previous = Some((token.kind, token.end));
+    }
+
+    fn bump(&mut self, added: u32) -> u32 {
+        let level = self.levels.last_mut().expect("the outermost level is never popped");
+        level.1 = level.1.saturating_add(added);
+        self.max = self.max.max(level.1);
+        level.1
+    }
+
+    /// Whether a STRING token is an f-string, or follows a name such as `t` with no
+    /// space between, which a newer parser reads as a template string prefix.
+    fn parses_as_template(&self, value: &[u8], token: &Token) -> bool {
+        let prefix = value.iter().take_while(|&&byte| byte != b'\'' && byte != b'"');
+        if prefix.into_iter().any(|&byte| byte == b'f' || byte == b'F') {
+            return true;
+        }
+        matches!(self.previous, Some((TokenKind::Name, end)) if end == token.start)
+    }
+}
