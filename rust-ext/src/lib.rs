@@ -35,8 +35,18 @@ fn analyze_source<'py>(py: Python<'py>, path: String, source: &Bound<'py, PyAny>
         let content = bytes.as_bytes().to_vec();
         run_detached(py, 1, move || analyze_one(&path, Source::Bytes(&content)))?
     } else if let Ok(text) = source.cast::<PyString>() {
-        let text = text.to_str()?.to_owned();
-        run_detached(py, 1, move || analyze_one(&path, Source::Text(&text)))?
+        match text.to_str() {
+            Ok(text) => {
+                let text = text.to_owned();
+                run_detached(py, 1, move || analyze_one(&path, Source::Text(&text)))?
+            }
+            Err(_) => {
+                // Only an unpaired surrogate makes a str unencodable as UTF-8.
+                let encoded = text.call_method1("encode", ("utf-8", "surrogatepass"))?;
+                let encoded = encoded.cast::<PyBytes>()?;
+                FileMetrics::failed(&path, languages::python::unencodable_text_error(encoded.as_bytes()))
+            }
+        }
     } else {
         return Err(PyTypeError::new_err(format!(
             "source must be bytes or str, not {}",

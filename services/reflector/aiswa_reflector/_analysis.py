@@ -8,7 +8,7 @@ from typing import Any
 
 from aiswa_runtime.archive import ArchiveLimits, iter_files
 
-from .metrics import FileMetrics, analyze_source
+from .metrics import FileMetrics, FunctionMetrics, analyze_source
 
 Analyzer = Callable[[str, bytes], FileMetrics]
 
@@ -18,10 +18,31 @@ def engine_name() -> str:
 
 
 def analyzer() -> Analyzer:
+    """Return the metrics engine that AISWA_REFLECTOR_ENGINE selects.
+
+    "python" is the reference implementation, aiswa_reflector.metrics. "rust" is the
+    aiswa_core extension, which scripts/build-rust-ext.sh builds and installs; it
+    returns the same FileMetrics.
+    """
     name = engine_name()
     if name == "python":
         return analyze_source
-    raise ValueError(f"AISWA_REFLECTOR_ENGINE={name!r} is unknown; use 'python'")
+    if name == "rust":
+        try:
+            import aiswa_core
+        except ImportError as exc:
+            raise RuntimeError(
+                "AISWA_REFLECTOR_ENGINE=rust needs the aiswa_core extension, which is not "
+                f"installed ({exc}); build it with scripts/build-rust-ext.sh"
+            ) from exc
+
+        def analyze_with_rust(path: str, content: bytes) -> FileMetrics:
+            result = aiswa_core.analyze_source(path, content)
+            functions = tuple(FunctionMetrics(**function) for function in result.pop("functions"))
+            return FileMetrics(**result, functions=functions)
+
+        return analyze_with_rust
+    raise ValueError(f"AISWA_REFLECTOR_ENGINE={name!r} is unknown; use 'python' or 'rust'")
 
 
 def python_sources(archive: bytes, limits: ArchiveLimits) -> list[tuple[str, bytes]]:

@@ -53,6 +53,39 @@ pub fn normalize_newlines(text: Cow<'_, str>) -> Cow<'_, str> {
     Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n"))
 }
 
+/// The reference's error for text that Python holds but UTF-8 cannot encode.
+///
+/// `encoded` is the text encoded with Python's `surrogatepass` error handler, which
+/// writes an unpaired surrogate as its three-byte form (0xED 0xA0-0xBF ..). As in
+/// the reference, a NUL byte is reported first, and line numbers count `\r\n`, `\r`
+/// and `\n` as one line break each.
+pub fn unencodable_text_error(encoded: &[u8]) -> String {
+    let line_at = |offset: usize| {
+        let prefix = &encoded[..offset];
+        let breaks = prefix
+            .iter()
+            .enumerate()
+            .filter(|&(index, &byte)| byte == b'\n' || (byte == b'\r' && prefix.get(index + 1) != Some(&b'\n')))
+            .count();
+        breaks + 1
+    };
+    if let Some(offset) = encoded.iter().position(|&byte| byte == 0) {
+        return format!("invalid source: NUL byte at line {}", line_at(offset));
+    }
+    let surrogate = encoded
+        .windows(3)
+        .position(|window| window[0] == 0xed && (0xa0..=0xbf).contains(&window[1]));
+    match surrogate {
+        Some(offset) => {
+            let code_point = 0xd000
+                | (u32::from(encoded[offset + 1] & 0x3f) << 6)
+                | u32::from(encoded[offset + 2] & 0x3f);
+            format!("invalid source: unpaired surrogate '\\u{code_point:04x}' at line {}", line_at(offset))
+        }
+        None => "invalid source: the text cannot be encoded as UTF-8".to_owned(),
+    }
+}
+
 fn line_of(bytes: &[u8], offset: usize) -> usize {
     bytes[..offset].iter().filter(|&&byte| byte == b'\n').count() + 1
 }

@@ -25,6 +25,8 @@ use crate::duplicates::token_hash;
 use crate::formulas::maintainability_index;
 use crate::model::FileMetrics;
 
+pub use self::decode::unencodable_text_error;
+
 pub struct Python;
 
 pub static PYTHON: Python = Python;
