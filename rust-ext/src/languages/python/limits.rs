@@ -18,16 +18,23 @@ use super::tokenizer::{Token, TokenKind};
 /// rejects the depth that this many operators in one chain produce.
 pub const MAX_EXPRESSION_BOUND: u32 = 100_000;
 
+/// CPython 3.11 scans an f-string's expression for brackets and rejects a 201st
+/// nested one; it then tokenizes the expression in parentheses, which rejects the
+/// 200th, because those parentheses are one more level.
+const MAX_FSTRING_BRACKETS: u32 = 200;
+
 pub struct DepthBound {
     /// Per open bracket: the count when it was opened, and the current count.
     levels: Vec<(u32, u32)>,
     previous: Option<(TokenKind, usize)>,
     pub max: u32,
+    /// CPython's error for the first f-string with too many nested brackets.
+    pub fstring_error: Option<String>,
 }
 
 impl DepthBound {
     pub fn new() -> Self {
-        Self { levels: vec![(0, 0)], previous: None, max: 0 }
+        Self { levels: vec![(0, 0)], previous: None, max: 0, fstring_error: None }
     }
 
     pub fn add_token(&mut self, text: &str, token: &Token) {
@@ -55,6 +62,18 @@ impl DepthBound {
             (TokenKind::Name, b"not" | b"lambda" | b"await" | b"if" | b"else") => 1,
             (TokenKind::String, _) if self.parses_as_template(bytes, token) => {
                 // The parser parses the expressions inside f-strings (and t-strings).
+                // The `{` that opens an expression counts as a bracket here.
+                if self.fstring_error.is_none() {
+                    let inner = bracket_depth(bytes).saturating_sub(1);
+                    let line = token.start_row;
+                    if inner > MAX_FSTRING_BRACKETS {
+                        self.fstring_error =
+                            Some(format!("SyntaxError at line {line}: f-string: too many nested parenthesis"));
+                    } else if inner == MAX_FSTRING_BRACKETS {
+                        self.fstring_error =
+                            Some(format!("SyntaxError at line {line}: too many nested parentheses"));
+                    }
+                }
                 let operators = bytes.iter().filter(|byte| b"([{+-*/%@&|^~.".contains(byte)).count();
                 u32::try_from(operators).unwrap_or(u32::MAX)
             }
@@ -87,4 +106,20 @@ impl DepthBound {
         }
         matches!(self.previous, Some((TokenKind::Name, end)) if end == token.start)
     }
+}
+
+/// The deepest nesting of brackets in `bytes`, quotes ignored.
+fn bracket_depth(bytes: &[u8]) -> u32 {
+    let (mut depth, mut max) = (0u32, 0u32);
+    for byte in bytes {
+        match byte {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }

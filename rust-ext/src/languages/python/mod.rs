@@ -112,10 +112,18 @@ fn analyze_text(path: &str, source: Source<'_>) -> Result<FileMetrics, String> {
     if let Some(limit) = outcome.limit {
         return Err(limit.message());
     }
+    if let Some(error) = bound.fstring_error {
+        return Err(error);
+    }
     if bound.max > MAX_EXPRESSION_BOUND {
         return Err(TOO_DEEP.to_owned());
     }
 
+    if text.starts_with('\u{feff}') {
+        // ruff's lexer skips a byte order mark at the start, but CPython only accepts
+        // the one that decoding already removed.
+        return Err("SyntaxError at line 1: invalid non-printable character U+FEFF".to_owned());
+    }
     let options = ParseOptions::from(Mode::Module).with_target_version(PythonVersion::PY311);
     let parsed = parse(text, options).map_err(|error| {
         format!("SyntaxError at line {}: {}", lines.line_of(error.location.start().into()), error.error)
