@@ -57,5 +57,8 @@ if [[ ! -x "$openapi_plugin" ]]; then
     github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@v2.27.3
 fi
 
+bash "$root/scripts/install-opa.sh"
+bash "$root/scripts/build-rust-ext.sh"
+
 "$venv/bin/python" -m aiswa_mesh.protogen --root "$root" --openapi-plugin "$openapi_plugin"
 echo "setup: done (venv: $venv)"

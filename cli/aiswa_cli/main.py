@@ -182,6 +182,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["policy"]:
+        from . import policy
+
+        return policy.main(argv[1:])
     args = parser().parse_args(argv)
     client = Client(args.api_url, args.ca_cert, args.token_file)
     handlers = {"login": cmd_login, "analyze": cmd_analyze, "report": cmd_report,

@@ -206,4 +206,8 @@ def test_internal_method_not_routed(http, admin):
     reply = http.post("/aiswa.projects.v1.ProjectsService/ReadArchive",
                       headers={"authorization": f"Bearer {token}",
                                "content-type": "application/grpc"}, content=b"")
-    assert reply.status_code == 404
+    # Envoy answers a gRPC request with a gRPC status: UNIMPLEMENTED (12).
+    assert reply.headers["grpc-status"] == "12"
+    assert "no such API method" in reply.headers["grpc-message"]
+    rest = http.get("/v1/archives/x:read", headers={"authorization": f"Bearer {token}"})
+    assert rest.status_code == 404

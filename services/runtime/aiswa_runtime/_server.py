@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import _metrics
+from ._authz import authorization_interceptor_from_env
 from ._config import ServiceConfig
 from ._errors import ServiceError
 from ._logging import caller_var, configure_logging, request_id_var
@@ -169,8 +170,14 @@ class Service:
         self.config = config
         configure_logging(config.service, config.log_level)
         configure_tracing(config)
+        # Authorization runs after the context interceptor, so a denial
+        # carries the request id and is counted in the call metrics.
+        self._authz = authorization_interceptor_from_env(config.service)
+        interceptors: list[grpc.aio.ServerInterceptor] = [_ContextInterceptor(config.service)]
+        if self._authz is not None:
+            interceptors.append(self._authz)
         self.server = grpc.aio.server(
-            interceptors=[_ContextInterceptor(config.service)],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", 80 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
@@ -182,6 +189,8 @@ class Service:
         self._background: list[Callable[[], Awaitable[None]]] = []
         self._on_shutdown: list[Callable[[], Awaitable[None]]] = []
         self._stopping = asyncio.Event()
+        if self._authz is not None:
+            self._on_shutdown.append(self._authz.aclose)
 
     def add(self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any, name: str) -> None:
         add_to_server(servicer, self.server)
