@@ -36,7 +36,8 @@ fi
 
 echo "build-rust-ext: building aiswa_core (release)"
 rm -rf "$wheels"
-# Two jobs at most: the machine has two cores and other builds and tests share it.
+# Two jobs by default, so that the build leaves CPU time to tests running beside it.
+# Set CARGO_BUILD_JOBS to change that.
 CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2} VIRTUAL_ENV="$venv" \
   "$venv/bin/maturin" build --release --locked --manifest-path "$crate/Cargo.toml" --out "$wheels"
 wheel=$(find "$wheels" -name 'aiswa_core-*.whl' | head -n 1)

@@ -7,8 +7,15 @@ use std::time::Instant;
 use aiswa_core::languages::{self, Source};
 
 fn main() {
-    let paths: Vec<String> = std::io::stdin().lock().lines().map_while(Result::ok).collect();
-    let files: Vec<Vec<u8>> = paths.iter().map(|path| std::fs::read(path).unwrap_or_default()).collect();
+    let paths: Vec<String> = std::io::stdin()
+        .lock()
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let files: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|path| std::fs::read(path).unwrap_or_default())
+        .collect();
     let bytes: usize = files.iter().map(Vec::len).sum();
     let megabytes = bytes as f64 / 1e6;
 
@@ -36,7 +43,14 @@ fn main() {
     let analyze = start.elapsed().as_secs_f64();
 
     println!("{} files, {megabytes:.1} MB", files.len());
-    for (name, seconds) in [("ruff parse", parse), ("tokenize", tokenize), ("analyze", analyze)] {
-        println!("{name:>12}: {seconds:.3} s, {:.1} MB/s", megabytes / seconds);
+    for (name, seconds) in [
+        ("ruff parse", parse),
+        ("tokenize", tokenize),
+        ("analyze", analyze),
+    ] {
+        println!(
+            "{name:>12}: {seconds:.3} s, {:.1} MB/s",
+            megabytes / seconds
+        );
     }
 }

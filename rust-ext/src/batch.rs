@@ -13,7 +13,7 @@ use crate::model::FileMetrics;
 
 /// Stack size of the worker threads. The walks use explicit stacks, but ruff's
 /// parser recurses (growing its stack on the heap past a red zone) and a deep AST
-/// is dropped recursively; the expression bound in `limits` keeps that depth below
+/// is dropped recursively. The expression bound in `limits` keeps that depth below
 /// about 100,000 nodes, which fits with room to spare.
 const WORKER_STACK_BYTES: usize = 256 * 1024 * 1024;
 
@@ -25,10 +25,16 @@ fn pools() -> &'static Mutex<FxHashMap<usize, Arc<ThreadPool>>> {
     POOLS.get_or_init(|| Mutex::new(FxHashMap::default()))
 }
 
-/// The thread pool with `threads` workers, 0 meaning one per logical CPU.
+/// Returns the shared thread pool with `threads` workers, 0 meaning one per logical CPU.
 pub fn pool(threads: usize) -> Result<Arc<ThreadPool>, String> {
-    let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, usize::from) } else { threads };
-    let mut pools = pools().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        threads
+    };
+    let mut pools = pools()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(pool) = pools.get(&threads) {
         return Ok(Arc::clone(pool));
     }
@@ -53,14 +59,18 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 
 /// Analyse one file; a panic becomes the file's error instead of unwinding further.
 pub fn analyze_one(path: &str, source: Source<'_>) -> FileMetrics {
-    catch_unwind(AssertUnwindSafe(|| languages::for_path(path).analyze(path, source))).unwrap_or_else(
-        |payload| {
-            FileMetrics::failed(
-                path,
-                format!("internal error in aiswa_core (please report): {}", panic_message(&*payload)),
-            )
-        },
-    )
+    catch_unwind(AssertUnwindSafe(|| {
+        languages::for_path(path).analyze(path, source)
+    }))
+    .unwrap_or_else(|payload| {
+        FileMetrics::failed(
+            path,
+            format!(
+                "internal error in aiswa_core (please report): {}",
+                panic_message(&*payload)
+            ),
+        )
+    })
 }
 
 /// Analyse `files` on `pool`, returning the results in input order.
@@ -74,8 +84,8 @@ pub fn analyze_many(pool: &ThreadPool, files: &[InputFile]) -> Vec<FileMetrics> 
     })
 }
 
-/// The normalized tokens of each file, in input order; a file that does not
-/// tokenize (or whose tokenizer panics) has none.
+/// Tokenizes each file for duplicate detection, in input order. A file that does not
+/// tokenize (or whose tokenizer panics) has no tokens.
 pub fn tokenize_many(pool: &ThreadPool, files: &[InputFile]) -> Vec<Vec<NormalizedToken>> {
     pool.install(|| {
         files

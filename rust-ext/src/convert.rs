@@ -18,8 +18,8 @@ fn function_dict<'py>(py: Python<'py>, function: &FunctionMetrics) -> PyResult<B
     Ok(dict)
 }
 
-/// A dict with the fields of the reference's `FileMetrics`; `functions` is a list
-/// of dicts with the fields of `FunctionMetrics`.
+/// Converts `file` to a dict with the fields of the reference's `FileMetrics`. Its
+/// `functions` is a list of dicts with the fields of `FunctionMetrics`.
 pub fn file_dict<'py>(py: Python<'py>, file: &FileMetrics) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     dict.set_item("path", &file.path)?;

@@ -26,8 +26,11 @@ pub fn maintainability_index(
     if halstead_volume <= 0.0 || lloc == 0 {
         return 100.0;
     }
-    let percent_comments =
-        if sloc == 0 { 0.0 } else { f64::from(comment_lines) / f64::from(sloc) * 100.0 };
+    let percent_comments = if sloc == 0 {
+        0.0
+    } else {
+        f64::from(comment_lines) / f64::from(sloc) * 100.0
+    };
     let comments_scale = (2.46 * percent_comments.to_radians()).sqrt();
     let unscaled = 171.0
         - 5.2 * halstead_volume.ln()

@@ -18,7 +18,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
 
-pub use crate::batch::{analyze_one, InputFile};
+pub use crate::batch::{InputFile, analyze_one};
 pub use crate::duplicates::{Duplicate, find_duplicates as find_token_duplicates};
 pub use crate::languages::{Language, NormalizedToken, Source};
 pub use crate::model::{FileMetrics, FunctionMetrics, RawCounts};
@@ -30,7 +30,11 @@ pub use crate::model::{FileMetrics, FunctionMetrics, RawCounts};
 /// dict with the fields of `FileMetrics`; any failure is reported in its `error`.
 #[pyfunction]
 #[pyo3(signature = (path, source))]
-fn analyze_source<'py>(py: Python<'py>, path: String, source: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+fn analyze_source<'py>(
+    py: Python<'py>,
+    path: String,
+    source: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
     let metrics = if let Ok(bytes) = source.cast::<PyBytes>() {
         let content = bytes.as_bytes().to_vec();
         run_detached(py, 1, move || analyze_one(&path, Source::Bytes(&content)))?
@@ -44,7 +48,10 @@ fn analyze_source<'py>(py: Python<'py>, path: String, source: &Bound<'py, PyAny>
                 // Only an unpaired surrogate makes a str unencodable as UTF-8.
                 let encoded = text.call_method1("encode", ("utf-8", "surrogatepass"))?;
                 let encoded = encoded.cast::<PyBytes>()?;
-                FileMetrics::failed(&path, languages::python::unencodable_text_error(encoded.as_bytes()))
+                FileMetrics::failed(
+                    &path,
+                    languages::python::unencodable_text_error(encoded.as_bytes()),
+                )
             }
         }
     } else {
@@ -62,7 +69,11 @@ fn analyze_source<'py>(py: Python<'py>, path: String, source: &Bound<'py, PyAny>
 /// order. `threads` is the number of worker threads, 0 for one per logical CPU.
 #[pyfunction]
 #[pyo3(signature = (files, *, threads = 0))]
-fn analyze_files<'py>(py: Python<'py>, files: Vec<(String, Vec<u8>)>, threads: usize) -> PyResult<Bound<'py, PyList>> {
+fn analyze_files<'py>(
+    py: Python<'py>,
+    files: Vec<(String, Vec<u8>)>,
+    threads: usize,
+) -> PyResult<Bound<'py, PyList>> {
     let pool = batch::pool(threads).map_err(PyRuntimeError::new_err)?;
     let results = py.detach(|| batch::analyze_many(&pool, &files));
     let list = PyList::empty(py);
@@ -86,7 +97,9 @@ fn find_duplicates<'py>(
     min_tokens: usize,
 ) -> PyResult<Bound<'py, PyList>> {
     if min_tokens < 1 {
-        return Err(PyValueError::new_err(format!("min_tokens must be at least 1, got {min_tokens}")));
+        return Err(PyValueError::new_err(format!(
+            "min_tokens must be at least 1, got {min_tokens}"
+        )));
     }
     let pool = batch::pool(0).map_err(PyRuntimeError::new_err)?;
     let found = py.detach(|| {
@@ -109,7 +122,11 @@ fn find_duplicates<'py>(
 }
 
 /// Run `work` on a worker thread (for its larger stack) with the GIL released.
-fn run_detached<T: Send>(py: Python<'_>, threads: usize, work: impl FnOnce() -> T + Send) -> PyResult<T> {
+fn run_detached<T: Send>(
+    py: Python<'_>,
+    threads: usize,
+    work: impl FnOnce() -> T + Send,
+) -> PyResult<T> {
     let pool = batch::pool(threads).map_err(PyRuntimeError::new_err)?;
     Ok(py.detach(|| pool.install(work)))
 }

@@ -40,7 +40,7 @@ TOLERANCE = 0.01
 # (path relative to the standard library, metric) -> reason. Empty for CPython
 # 3.11.7: every file agrees. Error messages are compared up to the first colon
 # ("SyntaxError at line 2"), because ruff's parser words syntax errors
-# differently from CPython's; docs/metrics.md lists that difference.
+# differently from CPython's. docs/metrics.md lists that difference.
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {}
 
 

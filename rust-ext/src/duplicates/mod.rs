@@ -1,8 +1,8 @@
 //! Token-based duplicate detection with a rolling hash.
 //!
-//! Each file becomes a sequence of normalized tokens (identifiers are one kind,
-//! literals another, keywords and operators stay as they are; comments and line
-//! structure are dropped). Every window of `min_tokens` consecutive tokens gets a
+//! Each file becomes a sequence of normalized tokens: identifiers are one kind,
+//! literals another, and keywords and operators stay as they are. Comments and line
+//! structure are dropped. Every window of `min_tokens` consecutive tokens gets a
 //! polynomial hash. A window is matched with the most recent earlier window of
 //! equal hash and equal tokens; consecutive windows whose matches lie on the same
 //! diagonal form one duplicate, reported as the two token ranges' lines. A match
@@ -19,9 +19,11 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 const ROLLING_BASE: u64 = 1_000_003;
 
-/// The 64-bit FNV-1a hash of a normalized token's UTF-8 text.
+/// Hashes a normalized token's UTF-8 text with 64-bit FNV-1a.
 pub fn token_hash(text: &str) -> u64 {
-    text.bytes().fold(FNV_OFFSET, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME))
+    text.bytes().fold(FNV_OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,9 +61,9 @@ pub fn find_duplicates(files: &[Vec<NormalizedToken>], min_tokens: usize) -> Vec
         if tokens.len() < width {
             continue;
         }
-        let mut hash = tokens[..width]
-            .iter()
-            .fold(0u64, |hash, token| hash.wrapping_mul(ROLLING_BASE).wrapping_add(token.kind));
+        let mut hash = tokens[..width].iter().fold(0u64, |hash, token| {
+            hash.wrapping_mul(ROLLING_BASE).wrapping_add(token.kind)
+        });
         let mut run: Option<Run> = None;
         for start_b in 0..=tokens.len() - width {
             if start_b > 0 {
@@ -75,7 +77,8 @@ pub fn find_duplicates(files: &[Vec<NormalizedToken>], min_tokens: usize) -> Vec
                 (Some(current), Some((file_a, start_a))) => {
                     current.file_a == file_a
                         && current.start_a + (start_b - current.start_b) == start_a
-                        && files[file_a][start_a + width - 1].kind == tokens[start_b + width - 1].kind
+                        && files[file_a][start_a + width - 1].kind
+                            == tokens[start_b + width - 1].kind
                 }
                 _ => false,
             };
@@ -94,7 +97,12 @@ pub fn find_duplicates(files: &[Vec<NormalizedToken>], min_tokens: usize) -> Vec
                     .zip(&tokens[start_b..start_b + width])
                     .all(|(left, right)| left.kind == right.kind);
                 if same {
-                    run = Some(Run { file_a, start_a, start_b, windows: 1 });
+                    run = Some(Run {
+                        file_a,
+                        start_a,
+                        start_b,
+                        windows: 1,
+                    });
                 }
             }
         }

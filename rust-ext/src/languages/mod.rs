@@ -29,12 +29,12 @@ pub trait Language: Sync {
     /// Compute the metrics of one file. Failures are reported in `FileMetrics::error`.
     fn analyze(&self, path: &str, source: Source<'_>) -> FileMetrics;
 
-    /// The file's tokens for duplicate detection, or None when the file does not
-    /// decode or tokenize.
+    /// Tokenizes the file for duplicate detection. Returns None when the file does
+    /// not decode or tokenize.
     fn duplicate_tokens(&self, source: Source<'_>) -> Option<Vec<NormalizedToken>>;
 }
 
-/// The language of the file at `path`.
+/// Returns the language of the file at `path`.
 ///
 /// Every file is Python for now, because the reflector only sends `.py` files and
 /// the reference implementation parses whatever it is given as Python.

@@ -21,8 +21,8 @@ def analyzer() -> Analyzer:
     """Return the metrics engine that AISWA_REFLECTOR_ENGINE selects.
 
     "python" is the reference implementation, aiswa_reflector.metrics. "rust" is the
-    aiswa_core extension, which scripts/build-rust-ext.sh builds and installs; it
-    returns the same FileMetrics.
+    aiswa_core extension, which scripts/build-rust-ext.sh builds and installs. Both
+    return the same FileMetrics.
     """
     name = engine_name()
     if name == "python":

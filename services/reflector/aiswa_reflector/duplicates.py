@@ -123,7 +123,7 @@ def find_duplicates(
 ) -> list[Duplicate]:
     """Find token sequences of at least ``min_tokens`` tokens that occur twice.
 
-    ``files`` holds ``(path, content)`` pairs. Files that do not decode or tokenize
+    ``files`` contains ``(path, content)`` pairs. Files that do not decode or tokenize
     are skipped. Duplicates come in the order in which their later copy starts.
     Raises ValueError if ``min_tokens`` is less than 1.
     """

@@ -7,7 +7,7 @@ use encoding_rs::Encoding;
 
 const BOM: &[u8] = b"\xef\xbb\xbf";
 
-/// How the bytes are to be decoded.
+/// The decoder that the coding cookie or the byte order mark selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Codec {
     Utf8,
@@ -25,9 +25,13 @@ pub fn decode(source: &[u8]) -> Result<Cow<'_, str>, String> {
     match codec {
         Codec::Utf8 => decode_utf8(source, "utf-8"),
         Codec::Utf8Sig => decode_utf8(source.strip_prefix(BOM).unwrap_or(source), "utf-8-sig"),
-        Codec::Latin1 => Ok(Cow::Owned(source.iter().map(|&byte| char::from(byte)).collect())),
+        Codec::Latin1 => Ok(Cow::Owned(
+            source.iter().map(|&byte| char::from(byte)).collect(),
+        )),
         Codec::Ascii => match source.iter().position(|byte| !byte.is_ascii()) {
-            None => Ok(Cow::Borrowed(std::str::from_utf8(source).unwrap_or_default())),
+            None => Ok(Cow::Borrowed(
+                std::str::from_utf8(source).unwrap_or_default(),
+            )),
             Some(offset) => Err(format!(
                 "invalid ascii at line {} (byte offset {offset}): ordinal not in range(128)",
                 line_of(source, offset)
@@ -53,7 +57,7 @@ pub fn normalize_newlines(text: Cow<'_, str>) -> Cow<'_, str> {
     Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n"))
 }
 
-/// The reference's error for text that Python holds but UTF-8 cannot encode.
+/// Returns the reference's error for a Python string that UTF-8 cannot encode.
 ///
 /// `encoded` is the text encoded with Python's `surrogatepass` error handler, which
 /// writes an unpaired surrogate as its three-byte form (0xED 0xA0-0xBF ..). As in
@@ -65,7 +69,9 @@ pub fn unencodable_text_error(encoded: &[u8]) -> String {
         let breaks = prefix
             .iter()
             .enumerate()
-            .filter(|&(index, &byte)| byte == b'\n' || (byte == b'\r' && prefix.get(index + 1) != Some(&b'\n')))
+            .filter(|&(index, &byte)| {
+                byte == b'\n' || (byte == b'\r' && prefix.get(index + 1) != Some(&b'\n'))
+            })
             .count();
         breaks + 1
     };
@@ -80,14 +86,21 @@ pub fn unencodable_text_error(encoded: &[u8]) -> String {
             let code_point = 0xd000
                 | (u32::from(encoded[offset + 1] & 0x3f) << 6)
                 | u32::from(encoded[offset + 2] & 0x3f);
-            format!("invalid source: unpaired surrogate '\\u{code_point:04x}' at line {}", line_at(offset))
+            format!(
+                "invalid source: unpaired surrogate '\\u{code_point:04x}' at line {}",
+                line_at(offset)
+            )
         }
         None => "invalid source: the text cannot be encoded as UTF-8".to_owned(),
     }
 }
 
 fn line_of(bytes: &[u8], offset: usize) -> usize {
-    bytes[..offset].iter().filter(|&&byte| byte == b'\n').count() + 1
+    bytes[..offset]
+        .iter()
+        .filter(|&&byte| byte == b'\n')
+        .count()
+        + 1
 }
 
 fn decode_utf8<'a>(bytes: &'a [u8], encoding: &str) -> Result<Cow<'a, str>, String> {
@@ -100,7 +113,11 @@ fn decode_utf8<'a>(bytes: &'a [u8], encoding: &str) -> Result<Cow<'a, str>, Stri
                 Some(_) if is_utf8_start(bytes[offset]) => "invalid continuation byte",
                 Some(_) => "invalid start byte",
             };
-            let base = if encoding == "utf-8-sig" { BOM.len() } else { 0 };
+            let base = if encoding == "utf-8-sig" {
+                BOM.len()
+            } else {
+                0
+            };
             Err(format!(
                 "invalid {encoding} at line {} (byte offset {}): {reason}",
                 line_of(bytes, offset),
@@ -120,7 +137,11 @@ fn detect_codec(source: &[u8]) -> Result<(Codec, String), String> {
     let mut lines = source.split_inclusive(|&byte| byte == b'\n');
     let mut first = lines.next().unwrap_or_default();
     let bom = first.starts_with(BOM);
-    let default = if bom { (Codec::Utf8Sig, "utf-8-sig".to_owned()) } else { (Codec::Utf8, "utf-8".to_owned()) };
+    let default = if bom {
+        (Codec::Utf8Sig, "utf-8-sig".to_owned())
+    } else {
+        (Codec::Utf8, "utf-8".to_owned())
+    };
     if bom {
         first = &first[BOM.len()..];
     }
@@ -130,7 +151,9 @@ fn detect_codec(source: &[u8]) -> Result<(Codec, String), String> {
     // A line that is not UTF-8 makes detect_encoding raise "invalid or missing
     // encoding declaration"; the reference then decodes as UTF-8, which reports the
     // exact position.
-    let Ok(first_text) = std::str::from_utf8(first) else { return Ok(default) };
+    let Ok(first_text) = std::str::from_utf8(first) else {
+        return Ok(default);
+    };
     if let Some(found) = find_cookie(first_text, bom)? {
         return Ok(found);
     }
@@ -141,13 +164,18 @@ fn detect_codec(source: &[u8]) -> Result<(Codec, String), String> {
     if second.is_empty() {
         return Ok(default);
     }
-    let Ok(second_text) = std::str::from_utf8(second) else { return Ok(default) };
+    let Ok(second_text) = std::str::from_utf8(second) else {
+        return Ok(default);
+    };
     Ok(find_cookie(second_text, bom)?.unwrap_or(default))
 }
 
 /// `blank_re`: `^[ \t\f]*(?:[#\r\n]|$)`
 fn is_blank_or_comment(line: &[u8]) -> bool {
-    let rest: &[u8] = match line.iter().position(|byte| !matches!(byte, b' ' | b'\t' | b'\x0c')) {
+    let rest: &[u8] = match line
+        .iter()
+        .position(|byte| !matches!(byte, b' ' | b'\t' | b'\x0c'))
+    {
         Some(index) => &line[index..],
         None => &[],
     };
@@ -179,10 +207,14 @@ fn cookie_name(line: &str) -> Option<&str> {
 }
 
 fn find_cookie(line: &str, bom: bool) -> Result<Option<(Codec, String)>, String> {
-    let Some(raw_name) = cookie_name(line) else { return Ok(None) };
+    let Some(raw_name) = cookie_name(line) else {
+        return Ok(None);
+    };
     let name = normal_name(raw_name);
     let Some(codec) = lookup(&name) else {
-        return Err(format!("invalid encoding declaration: unknown encoding: {name}"));
+        return Err(format!(
+            "invalid encoding declaration: unknown encoding: {name}"
+        ));
     };
     if bom {
         if name != "utf-8" {
@@ -195,22 +227,34 @@ fn find_cookie(line: &str, bom: bool) -> Result<Option<(Codec, String)>, String>
 
 /// `tokenize._get_normal_name`.
 fn normal_name(name: &str) -> String {
-    let head: String = name.chars().take(12).collect::<String>().to_lowercase().replace('_', "-");
+    let head: String = name
+        .chars()
+        .take(12)
+        .collect::<String>()
+        .to_lowercase()
+        .replace('_', "-");
     if head == "utf-8" || head.starts_with("utf-8-") {
         return "utf-8".to_owned();
     }
     let latin = ["latin-1", "iso-8859-1", "iso-latin-1"];
-    if latin.contains(&head.as_str()) || latin.iter().any(|prefix| head.starts_with(&format!("{prefix}-"))) {
+    if latin.contains(&head.as_str())
+        || latin
+            .iter()
+            .any(|prefix| head.starts_with(&format!("{prefix}-")))
+    {
         return "iso-8859-1".to_owned();
     }
     name.to_owned()
 }
 
-/// The codec `codecs.lookup(name)` finds, for the encodings supported here.
+/// Returns the codec that `codecs.lookup(name)` finds, for the encodings supported here.
 fn lookup(name: &str) -> Option<Codec> {
     // encodings.normalize_encoding, then lower case as the codec search does.
     let mut key = String::new();
-    for part in name.to_lowercase().split(|c: char| !(c.is_ascii_alphanumeric() || c == '.')) {
+    for part in name
+        .to_lowercase()
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+    {
         if !part.is_empty() {
             if !key.is_empty() {
                 key.push('_');
@@ -224,16 +268,15 @@ fn lookup(name: &str) -> Option<Codec> {
         "latin_1" | "latin1" | "latin" | "l1" | "iso_8859_1" | "iso8859_1" | "8859" | "cp819"
         | "ibm819" | "iso_ir_100" | "csisolatin1" | "iso_8859_1_1987" => Codec::Latin1,
         "ascii" | "us_ascii" | "646" | "us" | "cp367" | "csascii" | "ibm367" | "iso646_us"
-        | "iso_ir_6" | "ansi_x3.4_1968" | "ansi_x3_4_1968" | "ansi_x3.4_1986" | "iso_646.irv_1991" => {
-            Codec::Ascii
-        }
+        | "iso_ir_6" | "ansi_x3.4_1968" | "ansi_x3_4_1968" | "ansi_x3.4_1986"
+        | "iso_646.irv_1991" => Codec::Ascii,
         other => Codec::Whatwg(whatwg_encoding(other)?),
     };
     Some(codec)
 }
 
-/// The WHATWG encoding for a Python codec name, for single-byte and East Asian
-/// codecs whose decoding tables agree with Python's on valid input.
+/// Returns the WHATWG encoding for a Python codec name. Only single-byte and East
+/// Asian codecs are mapped, because their tables agree with Python's on valid input.
 fn whatwg_encoding(key: &str) -> Option<&'static Encoding> {
     let label = match key {
         "cp1250" | "windows_1250" => "windows-1250",
@@ -295,18 +338,27 @@ mod tests {
     #[test]
     fn unknown_cookie_is_error() {
         let error = decode(b"# coding: uft-8\n").unwrap_err();
-        assert_eq!(error, "invalid encoding declaration: unknown encoding: uft-8");
+        assert_eq!(
+            error,
+            "invalid encoding declaration: unknown encoding: uft-8"
+        );
     }
 
     #[test]
     fn invalid_utf8_reports_line() {
         let error = decode(b"x = 1\ny = '\xff'\n").unwrap_err();
-        assert_eq!(error, "invalid utf-8 at line 2 (byte offset 11): invalid start byte");
+        assert_eq!(
+            error,
+            "invalid utf-8 at line 2 (byte offset 11): invalid start byte"
+        );
     }
 
     #[test]
     fn bom_with_other_cookie_is_error() {
         let error = decode(b"\xef\xbb\xbf# coding: latin-1\n").unwrap_err();
-        assert_eq!(error, "invalid encoding declaration: encoding problem: utf-8");
+        assert_eq!(
+            error,
+            "invalid encoding declaration: encoding problem: utf-8"
+        );
     }
 }

@@ -7,10 +7,10 @@
 //! the AST is dropped recursively, so a file of millions of them would use
 //! gigabytes of stack. This bound stops such a file before parsing.
 //!
-//! The bound counts, in each comma-separated part of a bracket level, the tokens
-//! that can add a level to an expression (arithmetic and bitwise operators, `.`,
-//! `not`, `lambda`, `await`, `if`, `else` and opening brackets), plus the count of
-//! the enclosing levels. It is an upper bound of the expression's depth.
+//! The bound counts the tokens that can add a level to an expression: arithmetic
+//! and bitwise operators, `.`, `not`, `lambda`, `await`, `if`, `else` and opening
+//! brackets. It counts them per comma-separated part of a bracket level, plus the
+//! count of the enclosing levels, so it is an upper bound of the expression's depth.
 
 use super::tokenizer::{Token, TokenKind};
 
@@ -19,8 +19,8 @@ use super::tokenizer::{Token, TokenKind};
 pub const MAX_EXPRESSION_BOUND: u32 = 100_000;
 
 /// CPython 3.11 scans an f-string's expression for brackets and rejects a 201st
-/// nested one; it then tokenizes the expression in parentheses, which rejects the
-/// 200th, because those parentheses are one more level.
+/// nested one. It then tokenizes the expression wrapped in parentheses, which adds a
+/// level, so the tokenizer already rejects the 200th.
 const MAX_FSTRING_BRACKETS: u32 = 200;
 
 pub struct DepthBound {
@@ -34,7 +34,12 @@ pub struct DepthBound {
 
 impl DepthBound {
     pub fn new() -> Self {
-        Self { levels: vec![(0, 0)], previous: None, max: 0, fstring_error: None }
+        Self {
+            levels: vec![(0, 0)],
+            previous: None,
+            max: 0,
+            fstring_error: None,
+        }
     }
 
     pub fn add_token(&mut self, text: &str, token: &Token) {
@@ -57,7 +62,10 @@ impl DepthBound {
                 }
                 0
             }
-            (TokenKind::Op, [b'+' | b'-' | b'*' | b'/' | b'%' | b'@' | b'&' | b'|' | b'^' | b'~' | b'.'])
+            (
+                TokenKind::Op,
+                [b'+' | b'-' | b'*' | b'/' | b'%' | b'@' | b'&' | b'|' | b'^' | b'~' | b'.'],
+            )
             | (TokenKind::Op, [b'*', b'*'] | [b'/', b'/'] | [b'<', b'<'] | [b'>', b'>']) => 1,
             (TokenKind::Name, b"not" | b"lambda" | b"await" | b"if" | b"else") => 1,
             (TokenKind::String, _) if self.parses_as_template(bytes, token) => {
@@ -67,14 +75,19 @@ impl DepthBound {
                     let inner = bracket_depth(bytes).saturating_sub(1);
                     let line = token.start_row;
                     if inner > MAX_FSTRING_BRACKETS {
-                        self.fstring_error =
-                            Some(format!("SyntaxError at line {line}: f-string: too many nested parenthesis"));
+                        self.fstring_error = Some(format!(
+                            "SyntaxError at line {line}: f-string: too many nested parenthesis"
+                        ));
                     } else if inner == MAX_FSTRING_BRACKETS {
-                        self.fstring_error =
-                            Some(format!("SyntaxError at line {line}: too many nested parentheses"));
+                        self.fstring_error = Some(format!(
+                            "SyntaxError at line {line}: too many nested parentheses"
+                        ));
                     }
                 }
-                let operators = bytes.iter().filter(|byte| b"([{+-*/%@&|^~.".contains(byte)).count();
+                let operators = bytes
+                    .iter()
+                    .filter(|byte| b"([{+-*/%@&|^~.".contains(byte))
+                    .count();
                 u32::try_from(operators).unwrap_or(u32::MAX)
             }
             (TokenKind::Newline, _) => {
@@ -91,16 +104,21 @@ impl DepthBound {
     }
 
     fn bump(&mut self, added: u32) -> u32 {
-        let level = self.levels.last_mut().expect("the outermost level is never popped");
+        let level = self
+            .levels
+            .last_mut()
+            .expect("the outermost level is never popped");
         level.1 = level.1.saturating_add(added);
         self.max = self.max.max(level.1);
         level.1
     }
 
-    /// Whether a STRING token is an f-string, or follows a name such as `t` with no
-    /// space between, which a newer parser reads as a template string prefix.
+    /// Returns whether a STRING token is an f-string, or follows a name such as `t`
+    /// with no space between, which a newer parser reads as a template string prefix.
     fn parses_as_template(&self, value: &[u8], token: &Token) -> bool {
-        let prefix = value.iter().take_while(|&&byte| byte != b'\'' && byte != b'"');
+        let prefix = value
+            .iter()
+            .take_while(|&&byte| byte != b'\'' && byte != b'"');
         if prefix.into_iter().any(|&byte| byte == b'f' || byte == b'F') {
             return true;
         }
@@ -108,7 +126,7 @@ impl DepthBound {
     }
 }
 
-/// The deepest nesting of brackets in `bytes`, quotes ignored.
+/// Returns the deepest nesting of brackets in `bytes`, quotes ignored.
 fn bracket_depth(bytes: &[u8]) -> u32 {
     let (mut depth, mut max) = (0u32, 0u32);
     for byte in bytes {

@@ -23,17 +23,17 @@ impl LineIndex {
         self.line_count
     }
 
-    /// The 1-based line that contains `offset`.
+    /// Returns the 1-based line that contains `offset`.
     pub fn line_of(&self, offset: usize) -> u32 {
         self.starts.partition_point(|&start| start <= offset) as u32
     }
 
-    /// The byte offset of `offset` from the start of its line.
+    /// Returns the byte offset of `offset` from the start of its line.
     pub fn column_of(&self, offset: usize) -> usize {
         offset - self.starts[self.line_of(offset) as usize - 1]
     }
 
-    /// The text of 1-based line `line`, without its `\n`.
+    /// Returns the text of 1-based line `line`, without its `\n`.
     pub fn line<'a>(&self, text: &'a str, line: usize) -> &'a str {
         let start = self.starts[line - 1];
         let end = self.starts.get(line).map_or(text.len(), |&next| next - 1);

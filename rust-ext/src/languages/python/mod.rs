@@ -36,10 +36,10 @@ pub static PYTHON: Python = Python;
 const TOO_DEEP: &str = "code is nested too deeply for the Python parser (no line reported)";
 
 const KEYWORDS: [&str; 35] = [
-    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class",
-    "continue", "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if",
-    "import", "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try",
-    "while", "with", "yield",
+    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue",
+    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
+    "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
+    "with", "yield",
 ];
 
 /// Decode and normalize a source, or return the reference's error message.
@@ -126,10 +126,18 @@ fn analyze_text(path: &str, source: Source<'_>) -> Result<FileMetrics, String> {
     }
     let options = ParseOptions::from(Mode::Module).with_target_version(PythonVersion::PY311);
     let parsed = parse(text, options).map_err(|error| {
-        format!("SyntaxError at line {}: {}", lines.line_of(error.location.start().into()), error.error)
+        format!(
+            "SyntaxError at line {}: {}",
+            lines.line_of(error.location.start().into()),
+            error.error
+        )
     })?;
     if let Some(error) = parsed.unsupported_syntax_errors().first() {
-        return Err(format!("SyntaxError at line {}: {}", lines.line_of(error.range.start().into()), error));
+        return Err(format!(
+            "SyntaxError at line {}: {}",
+            lines.line_of(error.range.start().into()),
+            error
+        ));
     }
     let Some(module) = parsed.syntax().as_module() else {
         return Err("SyntaxError: the source is not a module".to_owned());

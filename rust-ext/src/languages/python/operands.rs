@@ -32,12 +32,16 @@ pub enum OperandKey<'a> {
     Unique(u32),
 }
 
-/// An identifier as CPython stores it: NFKC-normalized when it is not ASCII.
+/// Normalizes an identifier as CPython stores it: with NFKC when it is not ASCII.
 pub fn identifier(name: &str) -> Cow<'_, str> {
-    if name.is_ascii() { Cow::Borrowed(name) } else { Cow::Owned(name.nfkc().collect()) }
+    if name.is_ascii() {
+        Cow::Borrowed(name)
+    } else {
+        Cow::Owned(name.nfkc().collect())
+    }
 }
 
-/// The operand key of `expr`, or None when it is distinct from every other operand.
+/// Returns the operand key of `expr`, or None when it is distinct from every other operand.
 /// `source` is the text that `expr` was parsed from.
 pub fn operand_key<'a>(expr: &'a Expr, source: &'a str) -> Option<OperandKey<'a>> {
     Some(match expr {
@@ -61,13 +65,16 @@ pub fn operand_key<'a>(expr: &'a Expr, source: &'a str) -> Option<OperandKey<'a>
     })
 }
 
-/// Whether a literal's source has a `\uD800`-`\uDFFF` or `\U0000D800`-`\U0000DFFF`
+/// Returns whether a literal's source has a `\uD800`-`\uDFFF` or `\U0000D800`-`\U0000DFFF`
 /// escape (or one that merely looks like it, such as in a raw string).
 fn has_surrogate_escape(literal: &str) -> bool {
     let lower = literal.to_ascii_lowercase();
     ["\\ud", "\\u0000d"].iter().any(|prefix| {
         lower.match_indices(prefix).any(|(index, _)| {
-            matches!(lower.as_bytes().get(index + prefix.len()), Some(b'8'..=b'9' | b'a'..=b'f'))
+            matches!(
+                lower.as_bytes().get(index + prefix.len()),
+                Some(b'8'..=b'9' | b'a'..=b'f')
+            )
         })
     })
 }
@@ -81,7 +88,13 @@ fn number_key(number: &Number) -> OperandKey<'static> {
                 float_key(*real)
             } else {
                 // +0.0 and -0.0 compare equal, so they share a key.
-                let canonical = |part: f64| if part == 0.0 { 0f64.to_bits() } else { part.to_bits() };
+                let canonical = |part: f64| {
+                    if part == 0.0 {
+                        0f64.to_bits()
+                    } else {
+                        part.to_bits()
+                    }
+                };
                 OperandKey::Complex(canonical(*real), canonical(*imag))
             }
         }
@@ -112,7 +125,7 @@ fn integer_key(int: &Int) -> OperandKey<'static> {
     }
 }
 
-/// The decimal digits of a Python integer literal in any base, such as `0x_ff`.
+/// Converts a Python integer literal in any base, such as `0x_ff`, to decimal digits.
 fn literal_to_decimal(literal: &str) -> String {
     let cleaned: String = literal.chars().filter(|&c| c != '_').collect();
     let lower = cleaned.to_ascii_lowercase();
@@ -162,8 +175,14 @@ mod tests {
     fn integral_floats_equal_integers() {
         assert_eq!(float_key(1.0), OperandKey::Integer(1));
         assert_eq!(float_key(-0.0), OperandKey::Integer(0));
-        assert_eq!(float_key(1e30), OperandKey::Integer(1_000_000_000_000_000_019_884_624_838_656));
-        assert_eq!(float_key(1e300), OperandKey::BigInteger(format!("{:.0}", 1e300)));
+        assert_eq!(
+            float_key(1e30),
+            OperandKey::Integer(1_000_000_000_000_000_019_884_624_838_656)
+        );
+        assert_eq!(
+            float_key(1e300),
+            OperandKey::BigInteger(format!("{:.0}", 1e300))
+        );
         assert_eq!(float_key(0.5), OperandKey::Float(0.5f64.to_bits()));
     }
 }

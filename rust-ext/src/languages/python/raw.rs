@@ -49,10 +49,10 @@ impl Chunk {
     }
 }
 
-/// radon's logical lines of one part: 1 without a colon (0 if the part is empty);
-/// with one, 1 if the last colon is the second-to-last token of radon's token list,
-/// else 2. Only the last part's list ends with an ENDMARKER, so there `if x:`
-/// counts 1 and `if x: return` counts 2.
+/// Counts radon's logical lines of one part. A part without a colon counts 1, or 0
+/// if it is empty. With a colon, it counts 1 if the last colon is the second-to-last
+/// token of radon's token list, else 2. Only the last part's list ends with an
+/// ENDMARKER, so there `if x:` counts 1 and `if x: return` counts 2.
 fn part_lloc(tokens: u32, last_colon: Option<u32>, is_last: bool) -> u32 {
     match last_colon {
         None => u32::from(tokens > 0),
@@ -70,7 +70,10 @@ impl<'a> RawCounter<'a> {
             lines,
             next_line: 1,
             bracket_depth: 0,
-            chunk: Chunk { rest_is_line_ends: true, ..Chunk::default() },
+            chunk: Chunk {
+                rest_is_line_ends: true,
+                ..Chunk::default()
+            },
             counts: RawCounts::default(),
         }
     }
@@ -95,7 +98,9 @@ impl<'a> RawCounter<'a> {
         match kind {
             TokenKind::Comment => chunk.comments += 1,
             TokenKind::Nl | TokenKind::Newline => {}
-            TokenKind::Op if operator == b';' => chunk.finished_parts_lloc += chunk.close_part(false),
+            TokenKind::Op if operator == b';' => {
+                chunk.finished_parts_lloc += chunk.close_part(false)
+            }
             _ => {
                 if operator == b':' {
                     chunk.part_last_colon = Some(chunk.part_tokens);
@@ -124,7 +129,10 @@ impl<'a> RawCounter<'a> {
     fn close_chunk(&mut self, last_line: usize) {
         let mut chunk = std::mem::replace(
             &mut self.chunk,
-            Chunk { rest_is_line_ends: true, ..Chunk::default() },
+            Chunk {
+                rest_is_line_ends: true,
+                ..Chunk::default()
+            },
         );
         let counts = &mut self.counts;
         counts.comments += chunk.comments;

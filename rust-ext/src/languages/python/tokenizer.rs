@@ -2,9 +2,9 @@
 //! `_tokenize`), which the reference metrics and radon run.
 //!
 //! It reproduces that module's regular expressions, including their quirks, rather
-//! than the C tokenizer that the parser uses: a string prefix is any of `b r u f br
-//! rb fr rf` in any case, f-strings are single STRING tokens, names are `\w+` with
-//! Python's Unicode tables, and a character that starts no token is an ERRORTOKEN.
+//! than the C tokenizer that the parser uses. A string prefix is any of `b r u f br
+//! rb fr rf` in any case, and f-strings are single STRING tokens. Names are `\w+`
+//! with Python's Unicode tables. A character that starts no token is an ERRORTOKEN.
 //! The input must have `\n` line endings only (see `decode::normalize_newlines`).
 
 use super::chars::{is_identifier_start, is_python_whitespace, word_char_len};
@@ -59,7 +59,7 @@ impl TokenizeError {
     }
 }
 
-/// Where the C tokenizer's nesting limits are first exceeded, as CPython reports it.
+/// The first place where the text exceeds a nesting limit of CPython's C tokenizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LimitError {
     Brackets { line: u32 },
@@ -129,10 +129,13 @@ pub fn tokenize(text: &str, sink: &mut impl FnMut(Token)) -> Outcome {
 
         if let Some(string) = open_string {
             if at_eof {
-                record(&mut outcome.error, TokenizeError::Eof {
-                    message: "EOF in multi-line string",
-                    line: string.start_row,
-                });
+                record(
+                    &mut outcome.error,
+                    TokenizeError::Eof {
+                        message: "EOF in multi-line string",
+                        line: string.start_row,
+                    },
+                );
                 break;
             }
             if let Some(end) = string_tail(bytes, pos, max, string.quote) {
@@ -145,7 +148,8 @@ pub fn tokenize(text: &str, sink: &mut impl FnMut(Token)) -> Outcome {
                 });
                 pos = end;
                 open_string = None;
-            } else if string.needs_continuation && !ends_with_backslash_newline(bytes, line_start, max)
+            } else if string.needs_continuation
+                && !ends_with_backslash_newline(bytes, line_start, max)
             {
                 sink(Token {
                     kind: TokenKind::ErrorToken,
@@ -212,10 +216,13 @@ pub fn tokenize(text: &str, sink: &mut impl FnMut(Token)) -> Outcome {
             }
         } else {
             if at_eof {
-                record(&mut outcome.error, TokenizeError::Eof {
-                    message: "EOF in multi-line statement",
-                    line: row,
-                });
+                record(
+                    &mut outcome.error,
+                    TokenizeError::Eof {
+                        message: "EOF in multi-line statement",
+                        line: row,
+                    },
+                );
                 break;
             }
             continued = false;
@@ -268,7 +275,11 @@ pub fn tokenize(text: &str, sink: &mut impl FnMut(Token)) -> Outcome {
                 continue;
             }
             if byte == b'\n' {
-                let kind = if bracket_level > 0 { TokenKind::Nl } else { TokenKind::Newline };
+                let kind = if bracket_level > 0 {
+                    TokenKind::Nl
+                } else {
+                    TokenKind::Newline
+                };
                 sink(single_row(kind, start, start + 1, row));
                 pos = start + 1;
                 continue;
@@ -309,7 +320,11 @@ pub fn tokenize(text: &str, sink: &mut impl FnMut(Token)) -> Outcome {
             }
             let name_end = word_end(text, start, max);
             if name_end > start {
-                let kind = if is_identifier_start(text, start) { TokenKind::Name } else { TokenKind::Op };
+                let kind = if is_identifier_start(text, start) {
+                    TokenKind::Name
+                } else {
+                    TokenKind::Op
+                };
                 sink(single_row(kind, start, name_end, row));
                 pos = name_end;
                 continue;
@@ -343,7 +358,13 @@ fn record(slot: &mut Option<TokenizeError>, error: TokenizeError) {
 }
 
 fn single_row(kind: TokenKind, start: usize, end: usize, row: u32) -> Token {
-    Token { kind, start, end, start_row: row, end_row: row }
+    Token {
+        kind,
+        start,
+        end,
+        start_row: row,
+        end_row: row,
+    }
 }
 
 fn memchr_newline(text: &str, from: usize) -> Option<usize> {
@@ -358,7 +379,7 @@ fn skip_whitespace(bytes: &[u8], mut pos: usize, max: usize) -> usize {
     pos
 }
 
-/// The end of a comment, which stops before the line's `\r\n` or `\n`.
+/// Returns the end of a comment, which stops before the line's `\r\n` or `\n`.
 fn trim_line_end(bytes: &[u8], start: usize, max: usize) -> usize {
     let mut end = max;
     while end > start && matches!(bytes[end - 1], b'\n' | b'\r') {
@@ -372,7 +393,9 @@ fn ends_with_backslash_newline(bytes: &[u8], line_start: usize, max: usize) -> b
 }
 
 fn starts_with_comment(text: &str, start: usize, end: usize) -> bool {
-    text[start..end].trim_start_matches(is_python_whitespace).starts_with('#')
+    text[start..end]
+        .trim_start_matches(is_python_whitespace)
+        .starts_with('#')
 }
 
 fn utf8_len(first: u8) -> usize {
@@ -384,7 +407,7 @@ fn utf8_len(first: u8) -> usize {
     }
 }
 
-/// The prefix length and quote of a string that starts at `pos`, if any.
+/// Returns the prefix length and quote of a string that starts at `pos`, if any.
 fn string_start(bytes: &[u8], pos: usize, max: usize) -> Option<(usize, u8)> {
     let is_quote = |index: usize| index < max && matches!(bytes[index], b'\'' | b'"');
     if is_quote(pos) {
@@ -399,7 +422,10 @@ fn string_start(bytes: &[u8], pos: usize, max: usize) -> Option<(usize, u8)> {
     }
     if pos + 1 < max && is_quote(pos + 2) {
         let second = bytes[pos + 1].to_ascii_lowercase();
-        let valid = matches!((first, second), (b'b', b'r') | (b'r', b'b') | (b'f', b'r') | (b'r', b'f'));
+        let valid = matches!(
+            (first, second),
+            (b'b', b'r') | (b'r', b'b') | (b'f', b'r') | (b'r', b'f')
+        );
         if valid {
             return Some((2, bytes[pos + 2]));
         }
@@ -411,8 +437,8 @@ fn is_triple(bytes: &[u8], quote_at: usize, max: usize, quote: u8) -> bool {
     quote_at + 2 < max && bytes[quote_at + 1] == quote && bytes[quote_at + 2] == quote
 }
 
-/// The end of a string's tail that starts at `pos`, or None when the string does
-/// not end on this line (tokenize's `endprog.match(line, pos)`).
+/// Finds the end of a string's tail that starts at `pos`, or None when the string
+/// does not end on this line (tokenize's `endprog.match(line, pos)`).
 fn string_tail(bytes: &[u8], mut pos: usize, max: usize, quote: Quote) -> Option<usize> {
     let (quote_byte, triple) = match quote {
         Quote::Single(byte) => (byte, false),
@@ -468,7 +494,7 @@ fn single_quoted_end(bytes: &[u8], mut pos: usize, max: usize, quote: u8) -> Sin
     SingleQuoted::Unterminated
 }
 
-/// The end of `\w+` at `pos`, or `pos` when no word character is there.
+/// Returns the end of `\w+` at `pos`, or `pos` when no word character is there.
 fn word_end(text: &str, mut pos: usize, max: usize) -> usize {
     let bytes = text.as_bytes();
     while pos < max {
@@ -489,24 +515,34 @@ fn word_end(text: &str, mut pos: usize, max: usize) -> usize {
     pos
 }
 
-/// The length of the longest operator of `token.EXACT_TOKEN_TYPES` at `pos`.
+/// Returns the length of the longest operator of `token.EXACT_TOKEN_TYPES` at `pos`.
 fn operator_len(bytes: &[u8], pos: usize, max: usize) -> Option<usize> {
-    let next = |offset: usize| if pos + offset < max { bytes[pos + offset] } else { 0 };
+    let next = |offset: usize| {
+        if pos + offset < max {
+            bytes[pos + offset]
+        } else {
+            0
+        }
+    };
     let (second, third) = (next(1), next(2));
     let length = match bytes[pos] {
         b'*' | b'/' | b'<' | b'>' if second == bytes[pos] => {
-            if third == b'=' { 3 } else { 2 }
+            if third == b'=' {
+                3
+            } else {
+                2
+            }
         }
         b'.' if second == b'.' && third == b'.' => 3,
-        b'!' | b'%' | b'&' | b'*' | b'+' | b'-' | b'/' | b':' | b'<' | b'=' | b'>' | b'@' | b'^'
-        | b'|'
+        b'!' | b'%' | b'&' | b'*' | b'+' | b'-' | b'/' | b':' | b'<' | b'=' | b'>' | b'@'
+        | b'^' | b'|'
             if second == b'=' =>
         {
             2
         }
         b'-' if second == b'>' => 2,
-        b'%' | b'&' | b'(' | b')' | b'*' | b'+' | b',' | b'-' | b'.' | b'/' | b':' | b';' | b'<'
-        | b'=' | b'>' | b'@' | b'[' | b']' | b'^' | b'{' | b'|' | b'}' | b'~' => 1,
+        b'%' | b'&' | b'(' | b')' | b'*' | b'+' | b',' | b'-' | b'.' | b'/' | b':' | b';'
+        | b'<' | b'=' | b'>' | b'@' | b'[' | b']' | b'^' | b'{' | b'|' | b'}' | b'~' => 1,
         _ => return None,
     };
     Some(length)
@@ -548,7 +584,7 @@ fn exponent(bytes: &[u8], pos: usize, max: usize) -> Option<usize> {
     digit_part(bytes, digits, max)
 }
 
-/// The ends of `Pointfloat` without and with its optional exponent.
+/// Matches `Pointfloat`, returning its end without and with the optional exponent.
 fn point_float(bytes: &[u8], pos: usize, max: usize) -> Option<(usize, Option<usize>)> {
     let base = match digit_part(bytes, pos, max) {
         Some(end) if end < max && bytes[end] == b'.' => {
@@ -578,6 +614,7 @@ fn number_end(bytes: &[u8], pos: usize, max: usize) -> Option<usize> {
     if !(first.is_ascii_digit() || (first == b'.' && is_digit(bytes, pos + 1, max))) {
         return None;
     }
+
     // Imagnumber
     if let Some(end) = digit_part(bytes, pos, max) {
         if is_imaginary_suffix(bytes, end, max) {
@@ -597,6 +634,7 @@ fn number_end(bytes: &[u8], pos: usize, max: usize) -> Option<usize> {
             return Some(end + 1);
         }
     }
+
     // Floatnumber
     if let Some((base, with_exponent)) = point {
         return Some(with_exponent.unwrap_or(base));
@@ -604,6 +642,7 @@ fn number_end(bytes: &[u8], pos: usize, max: usize) -> Option<usize> {
     if exp.is_some() {
         return exp;
     }
+
     // Intnumber
     if first == b'0' && pos + 1 < max {
         let radix_digit: Option<fn(u8) -> bool> = match bytes[pos + 1] {
@@ -701,7 +740,10 @@ mod tests {
         let outcome = tokenize("x = (1,\n", &mut |_| {});
         assert_eq!(
             outcome.error,
-            Some(TokenizeError::Eof { message: "EOF in multi-line statement", line: 2 })
+            Some(TokenizeError::Eof {
+                message: "EOF in multi-line statement",
+                line: 2
+            })
         );
     }
 }

@@ -2,10 +2,10 @@
 //! with the rules of the Python reference (`aiswa_reflector.metrics._tree`), which
 //! follow radon 6.0.1.
 //!
-//! The walk maps ruff's AST onto CPython's `ast` node types: an `elif` clause is an
-//! `If` nested in the `orelse` of the previous one, a call's arguments and a dict's
+//! The walk maps ruff's AST onto CPython's `ast` node types. An `elif` clause is an
+//! `If` nested in the `orelse` of the previous one. A call's arguments and a dict's
 //! items are fields of the node itself, and the parts of an f-string are the
-//! `values` of a `JoinedStr`. It uses an explicit stack, not recursion.
+//! `values` of a `JoinedStr`. The walk uses an explicit stack, not recursion.
 
 use std::borrow::Cow;
 
@@ -88,7 +88,7 @@ struct Item<'a> {
     node: Node<'a>,
     /// The innermost module, class or function that contains the node.
     scope: u32,
-    /// Where its decision points count, or None where radon counts none.
+    /// The scope that its decision points count for, or None where radon counts none.
     complexity_scope: Option<u32>,
     /// The function whose end line the node's line can extend.
     end_scope: Option<u32>,
@@ -176,14 +176,20 @@ pub fn scan_tree<'a>(
 
 impl<'a> Walker<'a> {
     fn finish(self) -> TreeMetrics {
-        let mut functions: Vec<&Scope> = self.functions.iter().map(|&index| &self.scopes[index]).collect();
+        let mut functions: Vec<&Scope> = self
+            .functions
+            .iter()
+            .map(|&index| &self.scopes[index])
+            .collect();
         functions.sort_by_key(|scope| (scope.line_start, scope.column));
         let functions = functions
             .into_iter()
             .map(|scope| FunctionMetrics {
                 name: scope.name.to_string(),
                 qualified_name: scope.qualified_name.clone(),
-                is_method: scope.parent.is_some_and(|parent| self.scopes[parent].kind == ScopeKind::Class),
+                is_method: scope
+                    .parent
+                    .is_some_and(|parent| self.scopes[parent].kind == ScopeKind::Class),
                 line_start: scope.line_start,
                 line_end: scope.line_end,
                 cyclomatic_complexity: 1 + scope.decisions,
@@ -217,7 +223,13 @@ impl<'a> Walker<'a> {
         self.lines.line_of(offset.into())
     }
 
-    fn add_scope(&mut self, kind: ScopeKind, name: Cow<'a, str>, parent: u32, offset: usize) -> u32 {
+    fn add_scope(
+        &mut self,
+        kind: ScopeKind,
+        name: Cow<'a, str>,
+        parent: u32,
+        offset: usize,
+    ) -> u32 {
         let parent_scope = &self.scopes[parent as usize];
         let qualified_name = if parent_scope.kind == ScopeKind::Module {
             name.to_string()
@@ -249,7 +261,11 @@ impl<'a> Walker<'a> {
     }
 
     fn push(&mut self, parent: &Item<'a>, node: Node<'a>) {
-        self.stack.push(Item { node, ast_depth: parent.ast_depth + 1, ..*parent });
+        self.stack.push(Item {
+            node,
+            ast_depth: parent.ast_depth + 1,
+            ..*parent
+        });
     }
 
     fn visit(&mut self, item: Item<'a>) {
@@ -265,7 +281,10 @@ impl<'a> Walker<'a> {
                     );
                     self.functions.push(scope as usize);
                     let context = self.intern_context(name);
-                    let header = Item { measured: false, ..item };
+                    let header = Item {
+                        measured: false,
+                        ..item
+                    };
                     for decorator in &function.decorator_list {
                         self.push(&header, Node::Expr(&decorator.expression));
                     }
@@ -292,11 +311,19 @@ impl<'a> Walker<'a> {
                 }
                 Node::Stmt(Stmt::ClassDef(class)) => {
                     let name = identifier(class.name.as_str());
-                    let scope =
-                        self.add_scope(ScopeKind::Class, name, item.scope, class.name.start().into());
+                    let scope = self.add_scope(
+                        ScopeKind::Class,
+                        name,
+                        item.scope,
+                        class.name.start().into(),
+                    );
                     // Bases, keywords and decorators: radon's Halstead visitor counts
                     // them in the enclosing context, its complexity visitor skips them.
-                    let header = Item { complexity_scope: None, end_scope: None, ..item };
+                    let header = Item {
+                        complexity_scope: None,
+                        end_scope: None,
+                        ..item
+                    };
                     for decorator in &class.decorator_list {
                         self.push(&header, Node::Expr(&decorator.expression));
                     }
@@ -327,7 +354,11 @@ impl<'a> Walker<'a> {
                     if let Some(scope) = item.complexity_scope {
                         self.scopes[scope as usize].decisions += 1;
                     }
-                    let inside = Item { complexity_scope: None, end_scope: None, ..item };
+                    let inside = Item {
+                        complexity_scope: None,
+                        end_scope: None,
+                        ..item
+                    };
                     self.push(&inside, Node::Expr(&assert.test));
                     if let Some(message) = &assert.msg {
                         self.push(&inside, Node::Expr(message));
@@ -352,7 +383,12 @@ impl<'a> Walker<'a> {
         let block = matches!(
             item.node,
             Node::Stmt(
-                Stmt::If(_) | Stmt::For(_) | Stmt::While(_) | Stmt::With(_) | Stmt::Try(_) | Stmt::Match(_)
+                Stmt::If(_)
+                    | Stmt::For(_)
+                    | Stmt::While(_)
+                    | Stmt::With(_)
+                    | Stmt::Try(_)
+                    | Stmt::Match(_)
             ) | Node::Elif(..)
         );
         block && self.scopes[item.scope as usize].kind == ScopeKind::Function
@@ -493,7 +529,9 @@ impl<'a> Walker<'a> {
                     self.push_optional(parent, parameter.default.as_deref());
                 }
             }
-            Node::Parameter(parameter) => self.push_optional(parent, parameter.annotation.as_deref()),
+            Node::Parameter(parameter) => {
+                self.push_optional(parent, parameter.annotation.as_deref())
+            }
             Node::TypeParam(type_param) => match type_param {
                 TypeParam::TypeVar(var) => {
                     self.push_optional(parent, var.bound.as_deref());
@@ -514,10 +552,20 @@ impl<'a> Walker<'a> {
 
     /// Push what follows an `if` or `elif` body: the next `elif` as a nested `If`
     /// at the nesting of its `if`, or the `else` body.
-    fn push_else_clauses(&mut self, parent: &Item<'a>, item: &Item<'a>, clauses: &'a [ElifElseClause]) {
-        let Some((first, rest)) = clauses.split_first() else { return };
+    fn push_else_clauses(
+        &mut self,
+        parent: &Item<'a>,
+        item: &Item<'a>,
+        clauses: &'a [ElifElseClause],
+    ) {
+        let Some((first, rest)) = clauses.split_first() else {
+            return;
+        };
         if first.test.is_some() {
-            let elif = Item { nesting: item.nesting, ..*parent };
+            let elif = Item {
+                nesting: item.nesting,
+                ..*parent
+            };
             self.push(&elif, Node::Elif(first, rest));
         } else {
             self.push_body(parent, &first.body);
@@ -702,7 +750,9 @@ impl<'a> Walker<'a> {
                 for part in fstring.value.iter().rev() {
                     match part {
                         FStringPart::Literal(_) => self.check_leaf(parent),
-                        FStringPart::FString(inner) => self.push_interpolated(parent, &inner.elements),
+                        FStringPart::FString(inner) => {
+                            self.push_interpolated(parent, &inner.elements)
+                        }
                     }
                 }
             }
@@ -800,9 +850,9 @@ impl<'a> Walker<'a> {
     }
 }
 
-/// The offset whose line CPython reports as the node's `lineno`, or None for
-/// nodes without one (comprehension, withitem, match_case, arguments) and for the
-/// parts of an f-string, whose `lineno` is that of the whole f-string.
+/// Returns the offset whose line CPython reports as the node's `lineno`. Returns
+/// None for nodes without one (comprehension, withitem, match_case, arguments) and
+/// for the parts of an f-string, whose `lineno` is that of the whole f-string.
 fn cpython_position(node: Node) -> Option<usize> {
     let offset = match node {
         Node::Stmt(stmt) => stmt.start(),
