@@ -1,5 +1,7 @@
-//! Conversion of results to Python objects.
+//! Conversion of results to Python objects. The keys are interned strings, so that
+//! each dict does not allocate its own.
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -7,14 +9,17 @@ use crate::model::{FileMetrics, FunctionMetrics};
 
 fn function_dict<'py>(py: Python<'py>, function: &FunctionMetrics) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
-    dict.set_item("name", &function.name)?;
-    dict.set_item("qualified_name", &function.qualified_name)?;
-    dict.set_item("is_method", function.is_method)?;
-    dict.set_item("line_start", function.line_start)?;
-    dict.set_item("line_end", function.line_end)?;
-    dict.set_item("cyclomatic_complexity", function.cyclomatic_complexity)?;
-    dict.set_item("max_nesting", function.max_nesting)?;
-    dict.set_item("length", function.length)?;
+    dict.set_item(intern!(py, "name"), &function.name)?;
+    dict.set_item(intern!(py, "qualified_name"), &function.qualified_name)?;
+    dict.set_item(intern!(py, "is_method"), function.is_method)?;
+    dict.set_item(intern!(py, "line_start"), function.line_start)?;
+    dict.set_item(intern!(py, "line_end"), function.line_end)?;
+    dict.set_item(
+        intern!(py, "cyclomatic_complexity"),
+        function.cyclomatic_complexity,
+    )?;
+    dict.set_item(intern!(py, "max_nesting"), function.max_nesting)?;
+    dict.set_item(intern!(py, "length"), function.length)?;
     Ok(dict)
 }
 
@@ -22,21 +27,24 @@ fn function_dict<'py>(py: Python<'py>, function: &FunctionMetrics) -> PyResult<B
 /// `functions` is a list of dicts with the fields of `FunctionMetrics`.
 pub fn file_dict<'py>(py: Python<'py>, file: &FileMetrics) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
-    dict.set_item("path", &file.path)?;
-    dict.set_item("loc", file.raw.loc)?;
-    dict.set_item("lloc", file.raw.lloc)?;
-    dict.set_item("sloc", file.raw.sloc)?;
-    dict.set_item("comments", file.raw.comments)?;
-    dict.set_item("multi", file.raw.multi)?;
-    dict.set_item("blank", file.raw.blank)?;
-    dict.set_item("single_comments", file.raw.single_comments)?;
-    dict.set_item("maintainability_index", file.maintainability_index)?;
-    dict.set_item("halstead_volume", file.halstead_volume)?;
+    dict.set_item(intern!(py, "path"), &file.path)?;
+    dict.set_item(intern!(py, "loc"), file.raw.loc)?;
+    dict.set_item(intern!(py, "lloc"), file.raw.lloc)?;
+    dict.set_item(intern!(py, "sloc"), file.raw.sloc)?;
+    dict.set_item(intern!(py, "comments"), file.raw.comments)?;
+    dict.set_item(intern!(py, "multi"), file.raw.multi)?;
+    dict.set_item(intern!(py, "blank"), file.raw.blank)?;
+    dict.set_item(intern!(py, "single_comments"), file.raw.single_comments)?;
+    dict.set_item(
+        intern!(py, "maintainability_index"),
+        file.maintainability_index,
+    )?;
+    dict.set_item(intern!(py, "halstead_volume"), file.halstead_volume)?;
     let functions = PyList::empty(py);
     for function in &file.functions {
         functions.append(function_dict(py, function)?)?;
     }
-    dict.set_item("functions", functions)?;
-    dict.set_item("error", &file.error)?;
+    dict.set_item(intern!(py, "functions"), functions)?;
+    dict.set_item(intern!(py, "error"), &file.error)?;
     Ok(dict)
 }

@@ -36,10 +36,11 @@ pub fn word_char_len(text: &str, pos: usize) -> usize {
 
 /// Returns whether the `\w` character at `pos` may start an identifier (`str.isidentifier`).
 pub fn is_identifier_start(text: &str, pos: usize) -> bool {
-    let character = char_at(text, pos);
-    if character.is_ascii() {
-        return character.is_ascii_alphabetic() || character == '_';
+    let first = text.as_bytes()[pos];
+    if first < 0x80 {
+        return first.is_ascii_alphabetic() || first == b'_';
     }
+    let character = char_at(text, pos);
     !in_ranges(WORD_NOT_IDENTIFIER_START_RANGES, u32::from(character))
 }
 

@@ -10,7 +10,7 @@ pub struct LineIndex {
 impl LineIndex {
     pub fn new(text: &str) -> Self {
         let mut starts = vec![0];
-        starts.extend(text.match_indices('\n').map(|(index, _)| index + 1));
+        starts.extend(memchr::memchr_iter(b'\n', text.as_bytes()).map(|index| index + 1));
         let line_count = if text.is_empty() || text.ends_with('\n') {
             starts.len() - 1
         } else {

@@ -120,7 +120,7 @@ pub fn tokenize(text: &str, sink: &mut impl FnMut(Token)) -> Outcome {
         let line_end = if line_start >= bytes.len() {
             line_start
         } else {
-            memchr_newline(text, line_start).map_or(bytes.len(), |index| index + 1)
+            memchr_newline(bytes, line_start).map_or(bytes.len(), |index| index + 1)
         };
         let at_eof = line_start == line_end;
         row += 1;
@@ -245,7 +245,8 @@ pub fn tokenize(text: &str, sink: &mut impl FnMut(Token)) -> Outcome {
                 pos = end;
                 continue;
             }
-            if let Some((prefix_len, quote_byte)) = string_start(bytes, start, max) {
+            let string = string_start(bytes, start, max);
+            if let Some((prefix_len, quote_byte)) = string {
                 let quote_at = start + prefix_len;
                 if is_triple(bytes, quote_at, max, quote_byte) {
                     let quote = Quote::Triple(quote_byte);
@@ -299,7 +300,7 @@ pub fn tokenize(text: &str, sink: &mut impl FnMut(Token)) -> Outcome {
                 pos = start + length;
                 continue;
             }
-            if let Some((prefix_len, quote_byte)) = string_start(bytes, start, max) {
+            if let Some((prefix_len, quote_byte)) = string {
                 match single_quoted_end(bytes, start + prefix_len + 1, max, quote_byte) {
                     SingleQuoted::Closed(end) => {
                         sink(single_row(TokenKind::String, start, end, row));
@@ -367,9 +368,8 @@ fn single_row(kind: TokenKind, start: usize, end: usize, row: u32) -> Token {
     }
 }
 
-fn memchr_newline(text: &str, from: usize) -> Option<usize> {
-    // str::find with a char pattern uses the standard library's word-wise memchr.
-    text[from..].find('\n').map(|index| from + index)
+fn memchr_newline(bytes: &[u8], from: usize) -> Option<usize> {
+    memchr::memchr(b'\n', &bytes[from..]).map(|index| from + index)
 }
 
 fn skip_whitespace(bytes: &[u8], mut pos: usize, max: usize) -> usize {
@@ -497,23 +497,31 @@ fn single_quoted_end(bytes: &[u8], mut pos: usize, max: usize, quote: u8) -> Sin
 /// Returns the end of `\w+` at `pos`, or `pos` when no word character is there.
 fn word_end(text: &str, mut pos: usize, max: usize) -> usize {
     let bytes = text.as_bytes();
-    while pos < max {
-        let byte = bytes[pos];
-        if byte.is_ascii_alphanumeric() || byte == b'_' {
+    loop {
+        while pos < max && ASCII_WORD[usize::from(bytes[pos])] {
             pos += 1;
-            continue;
         }
-        if byte < 0x80 {
-            break;
+        if pos >= max || bytes[pos] < 0x80 {
+            return pos;
         }
         let length = word_char_len(text, pos);
         if length == 0 {
-            break;
+            return pos;
         }
         pos += length;
     }
-    pos
 }
+
+/// ASCII bytes that `\w` matches: letters, digits and `_`.
+static ASCII_WORD: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 128 {
+        table[byte] = (byte as u8).is_ascii_alphanumeric() || byte == b'_' as usize;
+        byte += 1;
+    }
+    table
+};
 
 /// Returns the length of the longest operator of `token.EXACT_TOKEN_TYPES` at `pos`.
 fn operator_len(bytes: &[u8], pos: usize, max: usize) -> Option<usize> {
