@@ -14,6 +14,8 @@ pub mod formulas;
 pub mod languages;
 pub mod model;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
@@ -27,9 +29,8 @@ pub use crate::model::{FileMetrics, FunctionMetrics, RawCounts};
 ///
 /// `source` is the file's bytes, decoded as the interpreter does (byte order mark,
 /// PEP 263 coding cookie, else UTF-8), or text that is already decoded. Returns a
-/// dict with the fields of `FileMetrics`; any failure is reported in its `error`.
-#[pyfunction]
-#[pyo3(signature = (path, source))]
+/// dict with the fields of `FileMetrics`. Any failure is reported in its `error`.
+#[pyfunction(signature = (path, source))]
 fn analyze_source<'py>(
     py: Python<'py>,
     path: String,
@@ -37,12 +38,12 @@ fn analyze_source<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let metrics = if let Ok(bytes) = source.cast::<PyBytes>() {
         let content = bytes.as_bytes().to_vec();
-        run_detached(py, 1, move || analyze_one(&path, Source::Bytes(&content)))?
+        run_detached(py, move || analyze_one(&path, Source::Bytes(&content)))?
     } else if let Ok(text) = source.cast::<PyString>() {
         match text.to_str() {
             Ok(text) => {
                 let text = text.to_owned();
-                run_detached(py, 1, move || analyze_one(&path, Source::Text(&text)))?
+                run_detached(py, move || analyze_one(&path, Source::Text(&text)))?
             }
             Err(_) => {
                 // Only an unpaired surrogate makes a str unencodable as UTF-8.
@@ -65,10 +66,9 @@ fn analyze_source<'py>(
 
 /// Compute the metrics of many files in parallel, without holding the GIL.
 ///
-/// `files` is a list of `(path, content)` pairs; the results come back in the same
-/// order. `threads` is the number of worker threads, 0 for one per logical CPU.
-#[pyfunction]
-#[pyo3(signature = (files, *, threads = 0))]
+/// `files` is a list of `(path, content)` pairs, and the results come back in the
+/// same order. `threads` is the number of worker threads, 0 for one per logical CPU.
+#[pyfunction(signature = (files, *, threads = 0))]
 fn analyze_files<'py>(
     py: Python<'py>,
     files: Vec<(String, Vec<u8>)>,
@@ -89,8 +89,7 @@ fn analyze_files<'py>(
 /// Returns `(path_a, line_start_a, line_end_a, path_b, line_start_b, line_end_b,
 /// tokens)` tuples, where file `a` is the earlier copy in input order, ordered by
 /// where the later copy starts. Files that do not decode or tokenize are skipped.
-#[pyfunction]
-#[pyo3(signature = (files, *, min_tokens = 50))]
+#[pyfunction(signature = (files, *, min_tokens = 50))]
 fn find_duplicates<'py>(
     py: Python<'py>,
     files: Vec<(String, Vec<u8>)>,
@@ -102,10 +101,18 @@ fn find_duplicates<'py>(
         )));
     }
     let pool = batch::pool(0).map_err(PyRuntimeError::new_err)?;
-    let found = py.detach(|| {
-        let tokens = batch::tokenize_many(&pool, &files);
-        find_token_duplicates(&tokens, min_tokens)
-    });
+    let found = py
+        .detach(|| {
+            let tokens = batch::tokenize_many(&pool, &files);
+            catch_unwind(AssertUnwindSafe(|| {
+                find_token_duplicates(&tokens, min_tokens)
+            }))
+        })
+        .map_err(|_| {
+            PyRuntimeError::new_err(
+                "internal error in aiswa_core (please report): duplicate matching failed",
+            )
+        })?;
     let list = PyList::empty(py);
     for duplicate in found {
         list.append((
@@ -121,13 +128,10 @@ fn find_duplicates<'py>(
     Ok(list)
 }
 
-/// Run `work` on a worker thread (for its larger stack) with the GIL released.
-fn run_detached<T: Send>(
-    py: Python<'_>,
-    threads: usize,
-    work: impl FnOnce() -> T + Send,
-) -> PyResult<T> {
-    let pool = batch::pool(threads).map_err(PyRuntimeError::new_err)?;
+/// Run `work` on a worker thread of the shared pool (for its larger stack) with the
+/// GIL released, so that calls from several Python threads run in parallel.
+fn run_detached<T: Send>(py: Python<'_>, work: impl FnOnce() -> T + Send) -> PyResult<T> {
+    let pool = batch::pool(0).map_err(PyRuntimeError::new_err)?;
     Ok(py.detach(|| pool.install(work)))
 }
 
