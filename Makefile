@@ -41,4 +41,6 @@ test-unit: setup
 	@$(PY) -m pytest -q tests/unit
 
 clean: down
+	@# The PostgreSQL data may live outside the checkout (see mesh/aiswa_mesh/_postgres.py).
+	@if [ -L $(STATE)/pg ]; then rm -rf "$$(readlink $(STATE)/pg)"; fi
 	rm -rf $(STATE)

@@ -43,7 +43,9 @@ class Postgres:
 
     @property
     def socket_dir(self) -> Path:
-        return self.layout.run / "pg"
+        # Inside the folder that the server's account owns, which may be
+        # outside the checkout (see prepare).
+        return (self.layout.root / "pg").resolve() / "socket"
 
     def binary(self, name: str) -> str:
         return str(_bin_dir() / name)
@@ -67,6 +69,7 @@ class Postgres:
         if is_root():
             shutil.chown(link.resolve(), self.os_user, self.os_user)
             shutil.chown(self.socket_dir, self.os_user, self.os_user)
+            os.chmod(self.socket_dir, 0o700)
             if not can_enter(self.os_user, self.socket_dir):
                 raise SystemExit(
                     f"the postgres account cannot enter {self.socket_dir}; make the "

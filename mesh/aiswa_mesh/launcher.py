@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aiswa_runtime import load_topology
 
+from ._mesh import Mesh
 from ._postgres import Postgres
 from ._rabbitmq import RabbitMQ
 from ._state import ROOT, StateLayout, default_layout, is_root
@@ -41,6 +42,8 @@ class Platform:
             layout, rabbit["amqp_port"], rabbit["dist_port"], rabbit["epmd_port"], rabbit["vhost"]
         )
         self.supervisor = Supervisor(layout)
+        # AISWA_MESH=0 runs the services without sidecars, OpenBao and OPA.
+        self.mesh = Mesh(layout, self.topology) if os.environ.get("AISWA_MESH", "1") != "0" else None
 
     @property
     def gateway_url(self) -> str:
@@ -75,7 +78,11 @@ class Platform:
         }
         for upstream in workload.get("upstreams", []):
             port = self.topology["workloads"][upstream]["port"]
+            if self.mesh is not None:
+                port = self.mesh.outbound_port(name, upstream)
             env[f"AISWA_UPSTREAM_{upstream.upper()}"] = f"127.0.0.1:{port}"
+        if self.mesh is not None:
+            env["AISWA_OPA_URL"] = self.mesh.opa_url(name)
         if name == "users":
             env["AISWA_USERS_SIGNING_KEY"] = str(layout.secrets / "users-signing-key.pem")
         if name == "projects":
@@ -95,6 +102,11 @@ class Platform:
                                   "--output", str(self.layout.traces / "spans.jsonl")], 25,
                     directory=ROOT),
         ]
+        if self.mesh is not None:
+            programs += self.mesh.infrastructure_programs(python)
+            opa = str(self.layout.root / "tools" / "go" / "bin" / "opa")
+            for name in ("gateway", *PYTHON_SERVICES):
+                programs += self.mesh.workload_programs(name, opa)
         for priority, name in enumerate(PYTHON_SERVICES, start=30):
             programs.append(Program(
                 name, [python, "-m", f"aiswa_{name}", "serve"], priority,
@@ -116,8 +128,15 @@ class Platform:
         from .pki import ensure_gateway_tls
 
         tls = ensure_gateway_tls(self.layout.pki)
+        service_hosts = None
+        if self.mesh is not None:
+            # The edge calls each workload through the gateway's own sidecar,
+            # which presents the `gateway` identity.
+            service_hosts = {name: ("127.0.0.1", self.mesh.outbound_port("gateway", name))
+                             for name in self.mesh.upstreams("gateway")}
         write_gateway_config(
             self.topology,
+            service_hosts=service_hosts,
             path=self.layout.envoy / "gateway.yaml",
             descriptor_set=self.layout.root / "gen" / "aiswa.pb",
             tls=tls,
@@ -133,6 +152,9 @@ class Platform:
         self.postgres.prepare()
         self.rabbitmq.prepare()
         self._render_gateway()
+        if self.mesh is not None:
+            self.mesh.openbao.config()
+            self.mesh.render()
         conf = layout.supervisord_conf
         conf.write_text(render_config(layout, self.programs()))
         os.chmod(conf, 0o600)
@@ -149,18 +171,42 @@ class Platform:
         self._configure_rabbitmq()
         collector_port = self.topology["infrastructure"]["collector"]["port"]
         self._start("collector", lambda: _wait_grpc_port("collector", collector_port))
+        if self.mesh is not None:
+            self._start_mesh_infrastructure()
         for name in PYTHON_SERVICES:
             self._migrate(name)
+            if self.mesh is not None:
+                self._start_pod_sidecars(name)
             port = self.topology["workloads"][name]["port"]
             self._start(name, lambda port=port, name=name: _wait_grpc_health(name, port))
             if name == "users":
                 self._bootstrap_admin()
+        if self.mesh is not None:
+            self._start_pod_sidecars("gateway")
         self._start("gateway", self._wait_gateway)
         print(f"AI-SWA is up.\n  API (REST/JSON and gRPC): {self.gateway_url}"
               f"\n  gateway CA certificate:   {layout.pki / 'gateway-ca.pem'}"
               f"\n  admin API key:            {layout.admin_key}"
               f"\n  logs:                     {layout.logs}/<program>.log  (`make logs`)"
               f"\n  stop with:                make down")
+
+    def _start_mesh_infrastructure(self) -> None:
+        mesh = self.mesh
+        assert mesh is not None
+        self._start("openbao", lambda: None)
+        mesh.bootstrap()
+        self._start("openbao-unseal", lambda: None)
+        for name in ("gateway", *PYTHON_SERVICES):
+            self._start(f"identity-{name}", lambda name=name: mesh.wait_identity(name))
+
+    def _start_pod_sidecars(self, name: str) -> None:
+        mesh = self.mesh
+        assert mesh is not None
+        ports = mesh.ports(name)
+        if name != "gateway":
+            self._start(f"opa-{name}", lambda: _wait_http(f"{mesh.opa_url(name)}/health"))
+        self._start(f"sidecar-{name}",
+                    lambda: _wait_http(f"http://127.0.0.1:{ports.admin}/ready"))
 
     def _configure_rabbitmq(self) -> None:
         marker = self.layout.rabbitmq / ".configured"
@@ -242,6 +288,22 @@ def _wait_grpc_health(name: str, port: int, timeout: float = 60.0) -> None:
             time.sleep(0.3)
     raise SystemExit(f"{name} did not report SERVING on port {port} within {timeout:.0f} s "
                      f"(last: {last})")
+
+
+def _wait_http(url: str, timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.3)
+    raise SystemExit(f"{url} did not answer 200 within {timeout:.0f} s (last: {last})")
 
 
 def _wait_grpc_port(name: str, port: int, timeout: float = 30.0) -> None:

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._state import ROOT, StateLayout
+from ._supervisor import Program
+from .envoy_sidecar import sidecar_command, write_sidecar_config
+from .openbao import OpenBao, wait_for_identity
+
+
+@dataclass(frozen=True)
+class MeshPorts:
+    """Loopback ports of one workload's pod: app, sidecar inbound and admin, OPA."""
+
+    app: int
+    inbound: int
+    admin: int
+    opa: int
+
+
+class Mesh:
+    """The local mesh: OpenBao identities, an Envoy sidecar and an OPA per workload.
+
+    NOTE: every pod shares the loopback interface, so a local process can still
+    reach an app's plaintext port directly; per-pod network namespaces close
+    that gap and are not built yet.
+    """
+
+    def __init__(self, layout: StateLayout, topology: dict) -> None:
+        self.layout = layout
+        self.topology = topology
+        settings = topology["mesh"]
+        self.settings = settings
+        self.openbao = OpenBao(layout, int(settings["openbao_port"]))
+        self.workloads = list(topology["workloads"])
+
+    def ports(self, workload: str) -> MeshPorts:
+        if workload == "gateway":
+            admin = int(self.settings["gateway_sidecar_admin_port"])
+            return MeshPorts(app=0, inbound=0, admin=admin, opa=0)
+        base = int(self.topology["workloads"][workload]["port"])
+        return MeshPorts(
+            app=base,
+            inbound=base + int(self.settings["sidecar_inbound_offset"]),
+            admin=base + int(self.settings["sidecar_admin_offset"]),
+            opa=base + int(self.settings["opa_offset"]),
+        )
+
+    def outbound_port(self, workload: str, upstream: str) -> int:
+        """The local port on which ``workload``'s sidecar forwards calls to ``upstream``."""
+        callers = ["gateway", *self.workloads]
+        return (int(self.settings["outbound_base_port"])
+                + 10 * callers.index(workload) + self.workloads.index(upstream))
+
+    def upstreams(self, workload: str) -> list[str]:
+        if workload == "gateway":
+            return [name for name, spec in self.topology["workloads"].items()
+                    if "gateway" in spec.get("clients", [])]
+        return list(self.topology["workloads"][workload].get("upstreams", []))
+
+    def certs_dir(self, workload: str) -> Path:
+        return self.layout.root / "identity" / workload
+
+    def opa_url(self, workload: str) -> str:
+        return f"http://127.0.0.1:{self.ports(workload).opa}"
+
+    def render(self) -> None:
+        """Write every sidecar's Envoy configuration from the topology."""
+        for workload in ["gateway", *self.workloads]:
+            ports = self.ports(workload)
+            is_gateway = workload == "gateway"
+            write_sidecar_config(
+                self.topology, workload,
+                path=self.layout.envoy / f"sidecar-{workload}.yaml",
+                inbound=None if is_gateway else ("127.0.0.1", ports.inbound),
+                app=None if is_gateway else ("127.0.0.1", ports.app),
+                upstreams={
+                    upstream: ("127.0.0.1", self.ports(upstream).inbound,
+                               self.outbound_port(workload, upstream))
+                    for upstream in self.upstreams(workload)
+                },
+                certs_dir=self.certs_dir(workload),
+                admin=("127.0.0.1", ports.admin),
+                access_log=self.layout.logs / f"sidecar-{workload}-access.log",
+            )
+
+    def infrastructure_programs(self, python: str) -> list[Program]:
+        root = str(self.layout.root)
+        port = str(self.settings["openbao_port"])
+        programs = [
+            Program("openbao", self.openbao.command(), 21),
+            Program("openbao-unseal", [python, "-m", "aiswa_mesh.openbao", "unseal", "--port",
+                                       port, "--watch", "5", "--state", root], 22,
+                    directory=ROOT),
+        ]
+        for workload in ["gateway", *self.workloads]:
+            programs.append(Program(
+                f"identity-{workload}",
+                [python, "-m", "aiswa_mesh.openbao", "agent", "--state", root, "--port", port,
+                 "--workload", workload, "--out", str(self.certs_dir(workload)),
+                 "--ttl", str(self.settings["certificate_ttl"])],
+                23, directory=ROOT,
+            ))
+        return programs
+
+    def workload_programs(self, workload: str, opa_binary: str) -> list[Program]:
+        """The sidecar and OPA that start before ``workload``'s app."""
+        ports = self.ports(workload)
+        programs = [Program(
+            f"sidecar-{workload}",
+            sidecar_command(self.layout.envoy / f"sidecar-{workload}.yaml",
+                            log_path=self.layout.logs / f"sidecar-{workload}.envoy.log"),
+            28,
+        )]
+        if workload != "gateway":
+            programs.insert(0, Program(
+                f"opa-{workload}",
+                [opa_binary, "run", "--server", "--addr", f"127.0.0.1:{ports.opa}",
+                 "--skip-version-check", "--watch", "--log-format", "json",
+                 # Every decision is logged to this program's log file.
+                 "--set", "decision_logs.console=true",
+                 str(ROOT / "policies" / "rego")],
+                27,
+            ))
+        return programs
+
+    def bootstrap(self) -> None:
+        """Initialise and unseal OpenBao and configure the PKI; idempotent."""
+        self.openbao.initialize()
+        self.openbao.configure_pki(["gateway", *self.workloads], self.topology["namespace"],
+                                   str(self.settings["certificate_ttl"]))
+
+    def wait_identity(self, workload: str) -> None:
+        wait_for_identity(self.certs_dir(workload), timeout=60)
