@@ -51,7 +51,7 @@ pub fn strip_bom(text: &str) -> &str {
 
 /// Replace `\r\n` and lone `\r` with `\n`, as the compiler reads line endings.
 pub fn normalize_newlines(text: Cow<'_, str>) -> Cow<'_, str> {
-    if !text.contains('\r') {
+    if memchr::memchr(b'\r', text.as_bytes()).is_none() {
         return text;
     }
     Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n"))

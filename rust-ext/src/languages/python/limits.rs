@@ -30,11 +30,15 @@ pub struct DepthBound {
     pub max: u32,
     /// CPython's error for the first f-string with too many nested brackets.
     pub fstring_error: Option<String>,
+    /// False for a text too short to exceed MAX_EXPRESSION_BOUND, which only needs
+    /// the f-string check.
+    count_operators: bool,
 }
 
 impl DepthBound {
-    pub fn new() -> Self {
+    pub fn new(text: &str) -> Self {
         Self {
+            count_operators: text.len() > MAX_EXPRESSION_BOUND as usize,
             levels: vec![(0, 0)],
             previous: None,
             max: 0,
@@ -43,6 +47,10 @@ impl DepthBound {
     }
 
     pub fn add_token(&mut self, text: &str, token: &Token) {
+        if !self.count_operators && token.kind != TokenKind::String {
+            self.previous = Some((token.kind, token.end));
+            return;
+        }
         let bytes = &text.as_bytes()[token.start..token.end];
         let added = match (token.kind, bytes) {
             (TokenKind::Op, [b'(' | b'[' | b'{']) => {

@@ -1,10 +1,15 @@
 //! Line numbers of byte offsets in a text with `\n` line endings.
 
+use super::chars::is_blank;
+
 pub struct LineIndex {
     /// The byte offset where each line starts; the first line starts at 0.
     starts: Vec<usize>,
     /// The number of lines as `text.split("\n")` counts them, less a trailing empty one.
     line_count: usize,
+    /// `blank_before[n]` is the number of blank lines (`line.strip() == ""`) among
+    /// the first `n` lines.
+    blank_before: Vec<u32>,
 }
 
 impl LineIndex {
@@ -16,7 +21,29 @@ impl LineIndex {
         } else {
             starts.len()
         };
-        Self { starts, line_count }
+        let mut blank_before = Vec::with_capacity(line_count + 1);
+        blank_before.push(0);
+        let mut blank = 0;
+        for line in 1..=line_count {
+            let start = starts[line - 1];
+            let end = starts.get(line).map_or(text.len(), |&next| next - 1);
+            blank += u32::from(is_blank(&text[start..end]));
+            blank_before.push(blank);
+        }
+        Self {
+            starts,
+            line_count,
+            blank_before,
+        }
+    }
+
+    /// Returns the number of blank lines among lines `first` to `last` (1-based,
+    /// inclusive; empty when `last < first`).
+    pub fn blank_lines(&self, first: usize, last: usize) -> u32 {
+        if last < first {
+            return 0;
+        }
+        self.blank_before[last] - self.blank_before[first - 1]
     }
 
     pub fn line_count(&self) -> usize {
@@ -31,12 +58,5 @@ impl LineIndex {
     /// Returns the byte offset of `offset` from the start of its line.
     pub fn column_of(&self, offset: usize) -> usize {
         offset - self.starts[self.line_of(offset) as usize - 1]
-    }
-
-    /// Returns the text of 1-based line `line`, without its `\n`.
-    pub fn line<'a>(&self, text: &'a str, line: usize) -> &'a str {
-        let start = self.starts[line - 1];
-        let end = self.starts.get(line).map_or(text.len(), |&next| next - 1);
-        &text[start..end]
     }
 }

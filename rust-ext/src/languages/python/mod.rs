@@ -49,8 +49,8 @@ fn source_text(source: Source<'_>) -> Result<Cow<'_, str>, String> {
         Source::Text(text) => Cow::Borrowed(decode::strip_bom(text)),
     };
     let text = decode::normalize_newlines(text);
-    if let Some(offset) = text.find('\0') {
-        let line = text[..offset].bytes().filter(|&byte| byte == b'\n').count() + 1;
+    if let Some(offset) = memchr::memchr(0, text.as_bytes()) {
+        let line = memchr::memchr_iter(b'\n', &text.as_bytes()[..offset]).count() + 1;
         return Err(format!("invalid source: NUL byte at line {line}"));
     }
     Ok(text)
@@ -104,7 +104,7 @@ fn analyze_text(path: &str, source: Source<'_>) -> Result<FileMetrics, String> {
     let lines = LineIndex::new(text);
 
     let mut raw = RawCounter::new(text, &lines);
-    let mut bound = DepthBound::new();
+    let mut bound = DepthBound::new(text);
     let outcome = tokenize(text, &mut |token| {
         raw.add_token(&token);
         bound.add_token(text, &token);

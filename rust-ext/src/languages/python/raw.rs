@@ -6,7 +6,6 @@
 //! so the chunks can be found in a single tokenization, as the Python reference
 //! does. radon re-tokenizes a chunk for every line it adds, which is quadratic.
 
-use super::chars::is_blank;
 use super::lines::LineIndex;
 use super::tokenizer::{Token, TokenKind};
 use crate::model::RawCounts;
@@ -144,14 +143,8 @@ impl<'a> RawCounter<'a> {
         }
         self.next_line = last_line + 1;
         let last_line = last_line.min(self.lines.line_count());
-        let (mut blank, mut filled) = (0, 0);
-        for line in first_line..=last_line {
-            if is_blank(self.lines.line(self.text, line)) {
-                blank += 1;
-            } else {
-                filled += 1;
-            }
-        }
+        let blank = self.lines.blank_lines(first_line, last_line);
+        let filled = (last_line + 1).saturating_sub(first_line) as u32 - blank;
         if chunk.is_single(TokenKind::Comment) {
             counts.single_comments += 1;
         } else if chunk.is_single(TokenKind::String) {

@@ -261,6 +261,22 @@ impl<'a> Walker<'a> {
     }
 
     fn push(&mut self, parent: &Item<'a>, node: Node<'a>) {
+        if let Node::Expr(expr) = node
+            && is_leaf(expr)
+        {
+            // A leaf only extends the end line and the depth, so it skips the stack.
+            if parent.ast_depth + 1 > MAX_AST_DEPTH {
+                self.too_deep = true;
+            }
+            if parent.measured
+                && let Some(end_scope) = parent.end_scope
+            {
+                let line = self.line(expr.start());
+                let scope = &mut self.scopes[end_scope as usize];
+                scope.line_end = scope.line_end.max(line);
+            }
+            return;
+        }
         self.stack.push(Item {
             node,
             ast_depth: parent.ast_depth + 1,
@@ -848,6 +864,21 @@ impl<'a> Walker<'a> {
             }
         }
     }
+}
+
+/// Returns whether `expr` has no children, so that the walk has nothing to do for it
+/// but to note its line and depth.
+fn is_leaf(expr: &Expr) -> bool {
+    matches!(
+        expr,
+        Expr::Name(_)
+            | Expr::NumberLiteral(_)
+            | Expr::StringLiteral(_)
+            | Expr::BytesLiteral(_)
+            | Expr::BooleanLiteral(_)
+            | Expr::NoneLiteral(_)
+            | Expr::EllipsisLiteral(_)
+    )
 }
 
 /// Returns the offset whose line CPython reports as the node's `lineno`. Returns
