@@ -23,8 +23,8 @@ class Mesh:
     """The local mesh: OpenBao identities, an Envoy sidecar and an OPA per workload.
 
     NOTE: every pod shares the loopback interface, so a local process can still
-    reach an app's plaintext port directly; per-pod network namespaces close
-    that gap and are not built yet.
+    reach an app's plaintext port directly. Per-pod network namespaces would
+    close that gap, and they are not built yet.
     """
 
     def __init__(self, layout: StateLayout, topology: dict) -> None:
@@ -48,7 +48,7 @@ class Mesh:
         )
 
     def outbound_port(self, workload: str, upstream: str) -> int:
-        """The local port on which ``workload``'s sidecar forwards calls to ``upstream``."""
+        """Return the local port on which ``workload``'s sidecar forwards calls to ``upstream``."""
         callers = ["gateway", *self.workloads]
         return (int(self.settings["outbound_base_port"])
                 + 10 * callers.index(workload) + self.workloads.index(upstream))
@@ -105,7 +105,7 @@ class Mesh:
         return programs
 
     def workload_programs(self, workload: str, opa_binary: str) -> list[Program]:
-        """The sidecar and OPA that start before ``workload``'s app."""
+        """Return the programs of the sidecar and OPA that start before ``workload``'s app."""
         ports = self.ports(workload)
         programs = [Program(
             f"sidecar-{workload}",

@@ -303,7 +303,7 @@ def _wait_http(url: str, timeout: float = 60.0) -> None:
         except OSError as exc:
             last = str(exc)
         time.sleep(0.3)
-    raise SystemExit(f"{url} did not answer 200 within {timeout:.0f} s (last: {last})")
+    raise SystemExit(f"{url} did not return 200 within {timeout:.0f} s (last error: {last})")
 
 
 def _wait_grpc_port(name: str, port: int, timeout: float = 30.0) -> None:

@@ -23,8 +23,8 @@ from ._telemetry import configure_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
-# Monotonic time (loop clock) at which the current inbound call's deadline
-# expires; outbound calls made while serving it never wait past it.
+# The time.monotonic() value at which the current inbound call's deadline
+# expires. Upstream calls made while serving it use it to shorten their own.
 deadline_var: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "deadline", default=None
 )
