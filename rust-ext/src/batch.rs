@@ -15,7 +15,7 @@ use crate::model::FileMetrics;
 /// parser recurses (growing its stack on the heap past a red zone) and a deep AST
 /// is dropped recursively. The expression bound in `limits` keeps that depth below
 /// about 100,000 nodes, which fits with room to spare.
-const WORKER_STACK_BYTES: usize = 256 * 1024 * 1024;
+const WORKER_STACK_BYTES: usize = 64 * 1024 * 1024;
 
 /// A file to analyse: its path and its content.
 pub type InputFile = (String, Vec<u8>);
