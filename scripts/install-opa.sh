@@ -8,7 +8,10 @@ tools="$root/.state/tools"
 opa_version=${OPA_VERSION:-v1.22.4}
 opa="$tools/go/bin/opa"
 
-if [[ -x "$opa" ]] && "$opa" version 2>/dev/null | grep -qx "Version: ${opa_version#v}"; then
+# The version is read into a variable first: in a pipe, `grep -q` or `head`
+# may close it early, and Go programs die of SIGPIPE, which pipefail reports.
+installed=$("$opa" version 2>/dev/null || true)
+if [[ -x "$opa" ]] && grep -qx "Version: ${opa_version#v}" <<<"$installed"; then
   exit 0
 fi
 if ! command -v go >/dev/null 2>&1; then
@@ -20,4 +23,5 @@ echo "install-opa: installing opa $opa_version with go install (this can take mi
 # module cache is made writable so that `make clean` can delete it.
 CGO_ENABLED=0 GOBIN="$tools/go/bin" GOPATH="$tools/gopath" GOMODCACHE="$tools/gomodcache" \
   GOFLAGS=-modcacherw go install "github.com/open-policy-agent/opa@$opa_version"
-"$opa" version | head -n 1
+installed=$("$opa" version)
+echo "install-opa: ${installed%%$'\n'*}"

@@ -39,7 +39,9 @@ class Postgres:
 
     @property
     def data_dir(self) -> Path:
-        return self.layout.root / "pg" / "data"
+        # Resolved, because the server's account may not be allowed to pass
+        # through the checkout on the way to the link (see prepare).
+        return (self.layout.root / "pg").resolve() / "data"
 
     @property
     def socket_dir(self) -> Path:
@@ -96,7 +98,13 @@ class Postgres:
     def _as_owner(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         if is_root():
             args = ["runuser", "-u", self.os_user, "--", *args]
-        return subprocess.run(args, check=True, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+        result = subprocess.run(args, check=False, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+        if result.returncode != 0:
+            # Only the program's name: a psql statement may hold a password.
+            program = Path(args[4] if is_root() else args[0]).name
+            raise SystemExit(f"{program} failed with exit code {result.returncode}:\n"
+                             f"{(result.stderr or result.stdout).strip()[-3000:]}")
+        return result
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
