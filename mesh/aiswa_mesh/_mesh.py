@@ -9,6 +9,19 @@ from .envoy_sidecar import sidecar_command, write_sidecar_config
 from .openbao import OpenBao, wait_for_identity
 
 
+def opa_command(opa_binary: str, address: tuple[str, int]) -> list[str]:
+    """Return the command line of a workload's OPA, serving policies/rego/ at ``address``.
+
+    OPA reloads a policy or data file when it changes (--watch) and logs every
+    decision as a JSON line to its standard output.
+    """
+    host, port = address
+    return [opa_binary, "run", "--server", "--addr", f"{host}:{port}",
+            "--skip-version-check", "--watch", "--log-format", "json",
+            "--set", "decision_logs.console=true",
+            str(ROOT / "policies" / "rego")]
+
+
 @dataclass(frozen=True)
 class MeshPorts:
     """Loopback ports of one workload's pod: app, sidecar inbound and admin, OPA."""
@@ -115,13 +128,7 @@ class Mesh:
         )]
         if workload != "gateway":
             programs.insert(0, Program(
-                f"opa-{workload}",
-                [opa_binary, "run", "--server", "--addr", f"127.0.0.1:{ports.opa}",
-                 "--skip-version-check", "--watch", "--log-format", "json",
-                 # Every decision is logged to this program's log file.
-                 "--set", "decision_logs.console=true",
-                 str(ROOT / "policies" / "rego")],
-                27,
+                f"opa-{workload}", opa_command(opa_binary, ("127.0.0.1", ports.opa)), 27,
             ))
         return programs
 

@@ -29,9 +29,6 @@ import pytest
 import pytest_asyncio
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from aiswa_mesh.envoy_sidecar import (
     IDENTITY_HEADER,
@@ -43,6 +40,7 @@ from aiswa_mesh.envoy_sidecar import (
     write_certs_atomically,
     write_sidecar_config,
 )
+from aiswa_mesh.localca import CertificateAuthority, Credentials, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = ROOT / "mesh" / "topology.yaml"
@@ -50,82 +48,6 @@ TOPOLOGY = ROOT / "mesh" / "topology.yaml"
 ECHO_SERVICE = "aiswa.test.v1.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Identity"
 CALL_TIMEOUT = 5.0
-BACKDATE = datetime.timedelta(minutes=5)
-
-
-# --- certificates -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """A PEM certificate chain and its key."""
-
-    cert_pem: bytes
-    key_pem: bytes
-    serial: int
-
-
-class CertificateAuthority:
-    """A self-signed CA that issues workload certificates per the mesh identity contract."""
-
-    def __init__(self, common_name: str) -> None:
-        now = datetime.datetime.now(datetime.timezone.utc)
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        self.cert_pem = self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(
-        self, service: str, namespace: str, lifetime: datetime.timedelta = datetime.timedelta(hours=1)
-    ) -> Credentials:
-        now = datetime.datetime.now(datetime.timezone.utc)
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([
-                x509.NameAttribute(NameOID.COMMON_NAME, identity_dns(service, namespace)),
-            ]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + lifetime)
-            .add_extension(x509.SubjectAlternativeName([
-                x509.UniformResourceIdentifier(identity_uri(service, namespace)),
-                x509.DNSName(identity_dns(service, namespace)),
-            ]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([
-                ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH,
-            ]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        return Credentials(
-            cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-            key_pem=key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-            serial=cert.serial_number,
-        )
 
 
 # --- test apps ----------------------------------------------------------------------
@@ -212,12 +134,6 @@ class Sidecar:
     outbound_ports: dict[str, int]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 async def _start_sidecar(
     folder: Path,
     topology: dict,
@@ -232,7 +148,7 @@ async def _start_sidecar(
     folder.mkdir(parents=True)
     certs_dir = folder / "certs"
     write_certs_atomically(certs_dir, credentials.cert_pem, credentials.key_pem, root_pem)
-    admin_port = _free_port()
+    admin_port = free_port()
     access_log = folder / "access.log"
     config = write_sidecar_config(
         topology,
@@ -410,10 +326,10 @@ async def mesh(tmp_path_factory) -> AsyncIterator[Mesh]:
         ))
         apps.append(impostor_app)
 
-        projects_inbound = _free_port()
-        reflector_inbound = _free_port()
+        projects_inbound = free_port()
+        reflector_inbound = free_port()
         # No listener is open here: users has no sidecar in these tests.
-        closed_port = _free_port()
+        closed_port = free_port()
 
         projects = await _start_sidecar(
             folder / "projects", topology, "projects", credentials["projects"], root.cert_pem,
@@ -423,17 +339,17 @@ async def mesh(tmp_path_factory) -> AsyncIterator[Mesh]:
         reflector = await _start_sidecar(
             folder / "reflector", topology, "reflector", credentials["reflector"], root.cert_pem,
             inbound_port=reflector_inbound, app_port=reflector_app.port,
-            upstreams={"projects": ("127.0.0.1", projects_inbound, _free_port())},
+            upstreams={"projects": ("127.0.0.1", projects_inbound, free_port())},
         )
         sidecars.append(reflector)
         gateway = await _start_sidecar(
             folder / "gateway", topology, "gateway", credentials["gateway"], root.cert_pem,
             inbound_port=None, app_port=None,
             upstreams={
-                "users": ("127.0.0.1", closed_port, _free_port()),
-                "projects": ("127.0.0.1", projects_inbound, _free_port()),
-                "reflector": ("127.0.0.1", reflector_inbound, _free_port()),
-                "vision": ("127.0.0.1", impostor_app.port, _free_port()),
+                "users": ("127.0.0.1", closed_port, free_port()),
+                "projects": ("127.0.0.1", projects_inbound, free_port()),
+                "reflector": ("127.0.0.1", reflector_inbound, free_port()),
+                "vision": ("127.0.0.1", impostor_app.port, free_port()),
             },
         )
         sidecars.append(gateway)
