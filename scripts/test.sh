@@ -10,7 +10,9 @@ launcher=("$py" -m aiswa_mesh.launcher)
 
 started=0
 if ! "${launcher[@]}" status >/dev/null 2>&1; then
-  "${launcher[@]}" up
+  # Two-minute certificates rotate about once a minute, so the suite runs
+  # across rotations and tests/integration/test_rotation.py can watch them.
+  AISWA_CERT_TTL=${AISWA_CERT_TTL:-2m} "${launcher[@]}" up
   started=1
 fi
 cleanup() {

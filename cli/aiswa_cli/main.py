@@ -187,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         from . import policy
 
         return policy.main(argv[1:])
+    if argv[:1] == ["mesh"]:
+        from aiswa_mesh.render import main as mesh
+
+        return mesh(argv[1:])
+    if argv[:1] == ["check"]:
+        from aiswa_mesh.check import main as check
+
+        return check(argv[1:])
     args = parser().parse_args(argv)
     client = Client(args.api_url, args.ca_cert, args.token_file)
     handlers = {"login": cmd_login, "analyze": cmd_analyze, "report": cmd_report,

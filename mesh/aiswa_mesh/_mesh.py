@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,9 @@ class Mesh:
         self.settings = settings
         self.openbao = OpenBao(layout, int(settings["openbao_port"]))
         self.workloads = list(topology["workloads"])
+        # AISWA_CERT_TTL (an OpenBao duration such as 2m) overrides the
+        # topology's lifetime, so that tests can watch certificates rotate.
+        self.certificate_ttl = os.environ.get("AISWA_CERT_TTL") or str(settings["certificate_ttl"])
 
     def ports(self, workload: str) -> MeshPorts:
         if workload == "gateway":
@@ -78,12 +82,13 @@ class Mesh:
     def opa_url(self, workload: str) -> str:
         return f"http://127.0.0.1:{self.ports(workload).opa}"
 
-    def render(self) -> None:
-        """Write every sidecar's Envoy configuration from the topology."""
+    def render(self) -> list[Path]:
+        """Write every sidecar's Envoy configuration from the topology; return the paths."""
+        written = []
         for workload in ["gateway", *self.workloads]:
             ports = self.ports(workload)
             is_gateway = workload == "gateway"
-            write_sidecar_config(
+            written.append(write_sidecar_config(
                 self.topology, workload,
                 path=self.layout.envoy / f"sidecar-{workload}.yaml",
                 inbound=None if is_gateway else ("127.0.0.1", ports.inbound),
@@ -96,7 +101,8 @@ class Mesh:
                 certs_dir=self.certs_dir(workload),
                 admin=("127.0.0.1", ports.admin),
                 access_log=self.layout.logs / f"sidecar-{workload}-access.log",
-            )
+            ))
+        return written
 
     def infrastructure_programs(self, python: str) -> list[Program]:
         root = str(self.layout.root)
@@ -112,7 +118,7 @@ class Mesh:
                 f"identity-{workload}",
                 [python, "-m", "aiswa_mesh.openbao", "agent", "--state", root, "--port", port,
                  "--workload", workload, "--out", str(self.certs_dir(workload)),
-                 "--ttl", str(self.settings["certificate_ttl"])],
+                 "--ttl", self.certificate_ttl],
                 23, directory=ROOT,
             ))
         return programs
@@ -136,7 +142,7 @@ class Mesh:
         """Initialise and unseal OpenBao and configure the PKI; idempotent."""
         self.openbao.initialize()
         self.openbao.configure_pki(["gateway", *self.workloads], self.topology["namespace"],
-                                   str(self.settings["certificate_ttl"]))
+                                   self.certificate_ttl)
 
     def wait_identity(self, workload: str) -> None:
         wait_for_identity(self.certs_dir(workload), timeout=60)

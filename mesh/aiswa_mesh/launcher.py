@@ -32,7 +32,7 @@ PYTHON_SERVICES = ("users", "projects", "reflector", "vision")
 
 
 class Platform:
-    def __init__(self, layout: StateLayout) -> None:
+    def __init__(self, layout: StateLayout, *, mesh: bool | None = None) -> None:
         self.layout = layout
         self.topology = load_topology(str(ROOT / "mesh" / "topology.yaml"))
         infra = self.topology["infrastructure"]
@@ -43,7 +43,9 @@ class Platform:
         )
         self.supervisor = Supervisor(layout)
         # AISWA_MESH=0 runs the services without sidecars, OpenBao and OPA.
-        self.mesh = Mesh(layout, self.topology) if os.environ.get("AISWA_MESH", "1") != "0" else None
+        if mesh is None:
+            mesh = os.environ.get("AISWA_MESH", "1") != "0"
+        self.mesh = Mesh(layout, self.topology) if mesh else None
 
     @property
     def gateway_url(self) -> str:
@@ -123,7 +125,7 @@ class Platform:
         return [str(envoy_binary()), "-c", str(self.layout.envoy / "gateway.yaml"),
                 "--log-level", "warn", "--base-id", "7340"]
 
-    def _render_gateway(self) -> None:
+    def _render_gateway(self) -> Path:
         from .envoy_gateway import write_gateway_config
         from .pki import ensure_gateway_tls
 
@@ -134,7 +136,7 @@ class Platform:
             # which presents the `gateway` identity.
             service_hosts = {name: ("127.0.0.1", self.mesh.outbound_port("gateway", name))
                              for name in self.mesh.upstreams("gateway")}
-        write_gateway_config(
+        return write_gateway_config(
             self.topology,
             service_hosts=service_hosts,
             path=self.layout.envoy / "gateway.yaml",
@@ -142,6 +144,22 @@ class Platform:
             tls=tls,
             access_log=self.layout.logs / "gateway-access.log",
         )
+
+    def render(self) -> list[Path]:
+        """Write the configuration of every program from the topology; return the paths.
+
+        Starts nothing. aiswa_mesh.render.verify checks the result.
+        """
+        layout = self.layout
+        layout.create()
+        written = [self._render_gateway()]
+        if self.mesh is not None:
+            written.append(self.mesh.openbao.config())
+            written += self.mesh.render()
+        conf = layout.supervisord_conf
+        conf.write_text(render_config(layout, self.programs()))
+        os.chmod(conf, 0o600)
+        return [*written, conf]
 
     def up(self) -> None:
         layout = self.layout
@@ -151,13 +169,7 @@ class Platform:
                   "any local process can reach the services' gRPC ports")
         self.postgres.prepare()
         self.rabbitmq.prepare()
-        self._render_gateway()
-        if self.mesh is not None:
-            self.mesh.openbao.config()
-            self.mesh.render()
-        conf = layout.supervisord_conf
-        conf.write_text(render_config(layout, self.programs()))
-        os.chmod(conf, 0o600)
+        self.render()
         self.supervisor.start_daemon()
 
         self._start("postgres", self.postgres.wait_ready)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import sysconfig
+import tarfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,3 +115,25 @@ def python_files(package: Path) -> list[str]:
 @pytest.fixture
 def project(admin) -> Iterator[dict]:
     yield admin.request("POST", "/v1/projects", body={"name": f"test-{uuid.uuid4().hex[:8]}"})
+
+
+def pack_python(folders) -> bytes:
+    """Return a tar.gz of the .py files of ``folders``, each under its folder's name."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for folder in folders:
+            for path in sorted(folder.rglob("*.py")):
+                if "__pycache__" not in path.parts:
+                    archive.add(path, arcname=f"{folder.name}/{path.relative_to(folder)}")
+    return buffer.getvalue()
+
+
+def wait_run(client, run_id: str, timeout: float = 300) -> dict:
+    """Poll the run until it completed or failed; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.run(run_id)
+        if run["state"] in {"RUN_STATE_COMPLETED", "RUN_STATE_FAILED"}:
+            return run
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} did not finish within {timeout} s: {run}")
