@@ -1,0 +1,61 @@
+'use strict';
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { loadConfig, ConfigError } = require('../src/config');
+
+const BASE = {
+  AISWA_GRPC_ADDRESS: '127.0.0.1:50055',
+  AISWA_HTTP_ADDRESS: '127.0.0.1:58080',
+  AISWA_AMQP_URL: 'amqp://dashboard:pw@127.0.0.1:55672/aiswa',
+};
+
+test('defaults come from the environment like the Python services', () => {
+  const config = loadConfig(BASE);
+  assert.equal(config.service, 'dashboard');
+  assert.equal(config.identity, 'dashboard.aiswa');
+  assert.deepEqual([config.grpc.host, config.grpc.port], ['127.0.0.1', 50055]);
+  assert.equal(config.opaUrl, null);
+  assert.equal(config.opaTimeoutMs, 250);
+  assert.equal(config.queue, 'dashboard.events');
+  assert.deepEqual(config.bindingKeys, ['#']);
+  assert.deepEqual(config.watchQueues, []);
+  assert.equal(config.traceExporter, 'none');
+});
+
+test('every dashboard setting can be changed', () => {
+  const config = loadConfig({
+    ...BASE,
+    AISWA_OPA_URL: 'http://127.0.0.1:50355/',
+    AISWA_OPA_TIMEOUT: '0.5',
+    AISWA_TRACE_EXPORTER: 'otlp',
+    AISWA_TRACE_ENDPOINT: '127.0.0.1:54317',
+    AISWA_DASHBOARD_WATCH_QUEUES: 'reflector.analyze, reflector.analyze.dlq',
+    AISWA_DASHBOARD_WS_WINDOW: '32',
+    AISWA_METRICS_ADDRESS: '127.0.0.1:51055',
+  });
+  assert.equal(config.opaUrl, 'http://127.0.0.1:50355');
+  assert.equal(config.opaTimeoutMs, 500);
+  assert.deepEqual(config.watchQueues, ['reflector.analyze', 'reflector.analyze.dlq']);
+  assert.equal(config.wsWindow, 32);
+  assert.equal(config.metrics.port, 51055);
+});
+
+test('invalid settings are errors that name the variable and a valid value', () => {
+  const cases = [
+    [{ AISWA_GRPC_ADDRESS: undefined }, /AISWA_GRPC_ADDRESS is not set.*e\.g\. AISWA_GRPC_ADDRESS=127\.0\.0\.1:50055/],
+    [{ AISWA_HTTP_ADDRESS: 'localhost' }, /AISWA_HTTP_ADDRESS="localhost" is not HOST:PORT/],
+    [{ AISWA_AMQP_URL: 'http://x' }, /AISWA_AMQP_URL is not an amqp:\/\/ URL/],
+    [{ AISWA_OPA_URL: 'http://10.0.0.5:8181' }, /must be http: or https:\/\/ on a loopback address/],
+    [{ AISWA_OPA_TIMEOUT: '0' }, /AISWA_OPA_TIMEOUT="0" is invalid; give a number greater than 0/],
+    [{ AISWA_TRACE_EXPORTER: 'jaeger' }, /use none, console, otlp or file/],
+    [{ AISWA_TRACE_EXPORTER: 'otlp' }, /needs AISWA_TRACE_ENDPOINT/],
+    [{ AISWA_DASHBOARD_WS_QUEUE: '1.5' }, /give a whole number greater than 0/],
+    [{ AISWA_LOG_LEVEL: 'loud' }, /use DEBUG, INFO, WARNING or ERROR/],
+  ];
+  for (const [change, pattern] of cases) {
+    const env = { ...BASE, ...change };
+    for (const key of Object.keys(env)) if (env[key] === undefined) delete env[key];
+    assert.throws(() => loadConfig(env), (error) => error instanceof ConfigError && pattern.test(error.message), JSON.stringify(change));
+  }
+});

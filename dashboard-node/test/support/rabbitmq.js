@@ -1,0 +1,142 @@
+'use strict';
+// A private RabbitMQ node for the tests: Debian's rabbitmq-server, its own
+// epmd, ports in 45000-45999, data and logs in a temporary folder, removed
+// by stop(). Never the platform's broker (mesh/topology.yaml).
+
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { spawn } = require('node:child_process');
+const amqp = require('amqplib');
+const { freePorts } = require('./ports');
+
+const BIN = '/usr/lib/rabbitmq/bin';
+
+function installed() {
+  return fs.existsSync(path.join(BIN, 'rabbitmq-server'));
+}
+
+function exited(child) {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve();
+    else child.once('exit', () => resolve());
+  });
+}
+
+async function killGroup(child, graceMs) {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    process.kill(-child.pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  const timer = setTimeout(() => {
+    try {
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }, graceMs);
+  await exited(child);
+  clearTimeout(timer);
+}
+
+function ctl(env, args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(path.join(BIN, 'rabbitmqctl'), ['-q', ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (chunk) => { output += chunk; });
+    child.stderr.on('data', (chunk) => { output += chunk; });
+    child.on('exit', (code) => (code === 0 ? resolve(output) : reject(new Error(`rabbitmqctl ${args[0]} failed (${code}): ${output.trim()}`))));
+  });
+}
+
+/**
+ * Start the node and resolve to {url, vhost, stop()} once it accepts AMQP
+ * connections. Resolves to null when rabbitmq-server is not installed.
+ */
+async function startRabbitMQ({ timeoutMs = 90000 } = {}) {
+  if (!installed()) return null;
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'aiswa-dashboard-rabbitmq-'));
+  const [amqpPort, distPort, epmdPort] = await freePorts(3);
+  const [ctlMin] = await freePorts(11);
+  const password = crypto.randomBytes(12).toString('hex');
+  const vhost = 'aiswa';
+  fs.mkdirSync(path.join(home, 'mnesia'));
+  fs.mkdirSync(path.join(home, 'log'));
+  fs.writeFileSync(path.join(home, '.erlang.cookie'), crypto.randomBytes(16).toString('hex').toUpperCase(), { mode: 0o400 });
+  fs.writeFileSync(
+    path.join(home, 'rabbitmq.conf'),
+    [
+      `listeners.tcp.default = 127.0.0.1:${amqpPort}`,
+      'loopback_users = none',
+      'default_user = dashboard-test',
+      `default_pass = ${password}`,
+      `default_vhost = ${vhost}`,
+      'default_permissions.configure = .*',
+      'default_permissions.read = .*',
+      'default_permissions.write = .*',
+      '',
+    ].join('\n'),
+  );
+  fs.writeFileSync(path.join(home, 'advanced.config'), '[].\n');
+  fs.writeFileSync(path.join(home, 'enabled_plugins'), '[].\n');
+  fs.writeFileSync(path.join(home, 'rabbitmq-env.conf'), '');
+  const env = {
+    PATH: process.env.PATH,
+    HOME: home,
+    RABBITMQ_NODENAME: `dashboard-test-${process.pid}-${amqpPort}@localhost`,
+    RABBITMQ_NODE_IP_ADDRESS: '127.0.0.1',
+    RABBITMQ_NODE_PORT: String(amqpPort),
+    RABBITMQ_DIST_PORT: String(distPort),
+    ERL_EPMD_PORT: String(epmdPort),
+    ERL_EPMD_ADDRESS: '127.0.0.1',
+    RABBITMQ_MNESIA_BASE: path.join(home, 'mnesia'),
+    RABBITMQ_LOG_BASE: path.join(home, 'log'),
+    RABBITMQ_LOGS: '-',
+    RABBITMQ_PID_FILE: path.join(home, 'rabbitmq.pid'),
+    RABBITMQ_CONFIG_FILE: path.join(home, 'rabbitmq'),
+    RABBITMQ_ADVANCED_CONFIG_FILE: path.join(home, 'advanced.config'),
+    RABBITMQ_ENABLED_PLUGINS_FILE: path.join(home, 'enabled_plugins'),
+    RABBITMQ_CONF_ENV_FILE: path.join(home, 'rabbitmq-env.conf'),
+    RABBITMQ_CTL_DIST_PORT_MIN: String(ctlMin),
+    RABBITMQ_CTL_DIST_PORT_MAX: String(ctlMin + 10),
+    // Keep Erlang distribution on loopback too.
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS: '-kernel inet_dist_use_interface {127,0,0,1}',
+  };
+  const logFile = path.join(home, 'server.log');
+  const out = fs.openSync(logFile, 'a');
+  // Its own epmd first, so that the Erlang VM does not start a shared one.
+  const epmd = spawn('epmd', ['-port', String(epmdPort), '-address', '127.0.0.1'], {
+    env, detached: true, stdio: ['ignore', out, out],
+  });
+  const server = spawn(path.join(BIN, 'rabbitmq-server'), [], { env, detached: true, stdio: ['ignore', out, out] });
+  const url = `amqp://dashboard-test:${password}@127.0.0.1:${amqpPort}/${vhost}`;
+
+  async function stop() {
+    await killGroup(server, 20000);
+    await killGroup(epmd, 5000);
+    fs.closeSync(out);
+    fs.rmSync(home, { recursive: true, force: true });
+  }
+
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < deadline) {
+    if (server.exitCode !== null) break;
+    try {
+      const connection = await amqp.connect(url, { timeout: 2000 });
+      await connection.close();
+      return { url, vhost, amqpPort, stop, logFile, ctl: (...args) => ctl(env, args) };
+    } catch (error) {
+      last = error.message;
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+  }
+  const tail = fs.readFileSync(logFile, 'utf8').split('\n').slice(-30).join('\n');
+  await stop();
+  throw new Error(`the test RabbitMQ did not accept connections within ${timeoutMs} ms (last error: ${last}):\n${tail}`);
+}
+
+module.exports = { startRabbitMQ, installed };
