@@ -5,7 +5,7 @@
 // comes from l5d-client-id only (the sidecar sets it to the verified peer),
 // the input is {"caller", "destination", "method", "claims"?} with claims only
 // for calls from the gateway, the answer must be {"allow": bool, "reason":
-// string} at /v1/data/aiswa/authz/result, and anything else (a timeout, a
+// string} at /v1/data/aiswa/authz/result, and any other result (a timeout, a
 // connection error, an HTTP error, a malformed answer) is a denial.
 
 const grpc = require('@grpc/grpc-js');

@@ -16,10 +16,10 @@ const DEAD_LETTER_EXCHANGE = 'aiswa.dlx';
 const tracer = trace.getTracer('aiswa.dashboard.amqp');
 
 /**
- * The arguments that aiswa_runtime._amqp.queue_arguments() gives a quorum
- * queue, so that the queue can also be listed in mesh/topology.yaml without
- * the two declarations disagreeing (RabbitMQ refuses a second declaration
- * with other arguments).
+ * Return the arguments that aiswa_runtime._amqp.queue_arguments() gives a
+ * quorum queue. With the same arguments the queue can also be listed in
+ * mesh/topology.yaml, because RabbitMQ rejects a second declaration of a
+ * queue with other arguments.
  */
 function queueArguments(queue) {
   return {
@@ -35,7 +35,8 @@ function headerGetter() {
     keys: (carrier) => Object.keys(carrier),
     get: (carrier, key) => {
       const value = carrier[key];
-      return Buffer.isBuffer(value) ? value.toString() : value === undefined ? undefined : String(value);
+      if (value === undefined) return undefined;
+      return Buffer.isBuffer(value) ? value.toString() : String(value);
     },
   };
 }

@@ -31,7 +31,7 @@ function timestamp(ts) {
   return { seconds, nanos: Math.min(Math.round((ts - seconds) * 1e9), 999999999) };
 }
 
-/** The update as an aiswa.dashboard.v1.Update message. */
+/** Convert the update to an aiswa.dashboard.v1.Update message. */
 function toMessage(update, snapshot = false) {
   return {
     metric_type: update.metric_type,

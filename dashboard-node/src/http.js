@@ -36,8 +36,8 @@ function reply(response, status, type, body, headers = {}) {
 }
 
 /**
- * Create the HTTP server. `health()` returns {ok, ...details}; /healthz
- * answers 200 with them when ok, else 503.
+ * Create the HTTP server. `health()` returns {ok, ...details}, and /healthz
+ * returns them with status 200 when ok, else 503.
  */
 function createHttpServer({ health, log, dist = DIST }) {
   const page = loadPage(dist);
@@ -62,7 +62,7 @@ function createHttpServer({ health, log, dist = DIST }) {
   });
 }
 
-/** A separate server for Prometheus, on AISWA_METRICS_ADDRESS like the Python services. */
+/** Create the Prometheus server for AISWA_METRICS_ADDRESS, separate like the Python services'. */
 function createMetricsServer(metrics) {
   return http.createServer((request, response) => {
     if (new URL(request.url, 'http://dashboard').pathname !== '/metrics') {

@@ -6,7 +6,7 @@ const { BoundedQueue } = require('./ring');
 
 const WIRE_JSON = Symbol('wireJson');
 
-/** The update as one WebSocket text message, encoded once for all clients. */
+/** Encode the update as one WebSocket text message, once for all clients. */
 function wireJson(update) {
   if (!update[WIRE_JSON]) {
     update[WIRE_JSON] = Buffer.from(JSON.stringify(webUpdate(update)));
@@ -118,7 +118,7 @@ class Hub {
     }
   }
 
-  /** The latest update of every series and the recent events, oldest first. */
+  /** Return the latest update of every series and the recent events, oldest first. */
   snapshot(types) {
     const wanted = types && types.length ? new Set(types) : null;
     const updates = [...this.latest.values()];

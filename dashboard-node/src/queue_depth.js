@@ -37,7 +37,7 @@ class QueueDepthPoller {
       errorThresholdPercentage: 50,
       volumeThreshold: 4,
       resetTimeout: 10000,
-      // A queue that does not exist is an answer, not a failure of the broker.
+      // A queue that does not exist is a valid result, not a failure of the broker.
       errorFilter: (error) => error instanceof QueueNotFound,
       ...breaker,
     });
@@ -93,7 +93,7 @@ class QueueDepthPoller {
     }
   }
 
-  /** The queue's depth through the breaker, retried on transient failures. */
+  /** Read the queue's depth through the breaker, retrying transient failures. */
   async depth(queue) {
     for (let attempt = 1; ; attempt += 1) {
       try {

@@ -1,7 +1,7 @@
 'use strict';
 
 /**
- * A first-in first-out queue that holds at most `capacity` items. It starts
+ * A first-in first-out queue that contains at most `capacity` items. It starts
  * small and doubles up to its capacity, so an idle client costs little.
  */
 class BoundedQueue {

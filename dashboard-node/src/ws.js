@@ -1,8 +1,8 @@
 'use strict';
 // WebSocket fan-out to browsers, with a bounded buffer per client.
 //
-// Flow control works like AMQP prefetch: a client holds at most `window`
-// updates that it has not acknowledged with {"ack": <sequence>}; further
+// Flow control works like AMQP prefetch. A client has at most `window`
+// updates that it has not acknowledged with {"ack": <sequence>}, and further
 // updates wait in its own queue of at most `queue` updates. A client whose
 // queue is full, or whose socket holds more than `maxBytes` unsent bytes, is
 // dropped with close code 1013, so a slow client never stalls the others and
@@ -73,7 +73,7 @@ class Client {
     this.queued.clear();
     this.owner.onDrop(this, reason);
     this.ws.close(SLOW_CLIENT, `slow client: ${reason}`.slice(0, 120));
-    // A client that does not read never answers the close frame.
+    // A client that does not read never replies to the close frame.
     setTimeout(() => this.ws.terminate(), 1000).unref();
   }
 }
@@ -129,6 +129,7 @@ class WebClients {
     if (this.clients.size >= this.maxClients) {
       return rejectUpgrade(socket, '503 Service Unavailable', `the dashboard serves at most ${this.maxClients} clients; retry later`);
     }
+
     let types;
     try {
       types = requestedTypes(url);

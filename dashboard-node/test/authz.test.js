@@ -75,7 +75,7 @@ async function subscribe(g, md) {
   return result;
 }
 
-test('OPA gets caller, destination and method; an allowed call streams', async (t) => {
+test('allowed call sends the expected input', async (t) => {
   const opa = await fakeOpa(() => [200, { result: { allow: true, reason: 'vision may call it' } }]);
   const g = await startGuarded(opa.url);
   t.after(async () => { await g.stop(); opa.close(); });
@@ -88,7 +88,7 @@ test('OPA gets caller, destination and method; an allowed call streams', async (
   }]);
 });
 
-test('calls from the gateway carry the decoded claims; invalid claims are denied without asking', async (t) => {
+test('gateway calls carry decoded claims', async (t) => {
   const opa = await fakeOpa((input) => [200, { result: { allow: false, reason: `role ${input.claims.role} may not` } }]);
   const g = await startGuarded(opa.url);
   t.after(async () => { await g.stop(); opa.close(); });
@@ -107,7 +107,7 @@ test('calls from the gateway carry the decoded claims; invalid claims are denied
   assert.equal(g.logs.find('call denied').length, 2);
 });
 
-test('no valid answer in time is a denial: slow, failing, malformed or absent OPA', async (t) => {
+test('missing OPA decision denies the call', async (t) => {
   const cases = [
     ['timeout', () => new Promise((resolve) => setTimeout(() => resolve([200, { result: { allow: true, reason: 'late' } }]), 400)), /timed out after 100 ms/],
     ['opa_error', () => [500, 'boom'], /OPA returned HTTP 500: boom/],
@@ -133,7 +133,7 @@ test('no valid answer in time is a denial: slow, failing, malformed or absent OP
   assert.match(error.details, /authorization service unavailable: the request to OPA failed: ECONNREFUSED/);
 });
 
-test('health checks are asked about too, as in the Python runtime', async (t) => {
+test('health checks are authorized too', async (t) => {
   const opa = await fakeOpa(() => [200, { result: { allow: true, reason: 'health checks are open' } }]);
   const g = await startGuarded(opa.url);
   t.after(async () => { await g.stop(); opa.close(); });
@@ -147,7 +147,7 @@ test('health checks are asked about too, as in the Python runtime', async (t) =>
 });
 
 const OPA = path.join(ROOT, '.state', 'tools', 'go', 'bin', 'opa');
-test('the real policy answers the interceptor with its reason', { skip: !fs.existsSync(OPA) && 'opa is not installed (bash scripts/install-opa.sh)' }, async (t) => {
+test('real policy denial reason', { skip: !fs.existsSync(OPA) && 'opa is not installed (bash scripts/install-opa.sh)' }, async (t) => {
   const [port] = await freePorts(1);
   const opa = spawn(OPA, ['run', '--server', '--addr', `127.0.0.1:${port}`, '--skip-version-check', path.join(ROOT, 'policies', 'rego')], { stdio: 'ignore' });
   t.after(() => opa.kill());
@@ -163,6 +163,6 @@ test('the real policy answers the interceptor with its reason', { skip: !fs.exis
   t.after(() => g.stop());
   const error = await subscribe(g, metadata({ 'l5d-client-id': VISION }));
   assert.equal(error.code, grpc.status.PERMISSION_DENIED);
-  // Until mesh/topology.yaml lists the dashboard, the policy knows no such workload.
+  // Until mesh/topology.yaml lists the dashboard, the policy has no such workload.
   assert.match(error.details, /^vision\.aiswa may not call \/aiswa\.dashboard\.v1\.DashboardService\/SubscribeToUpdates on dashboard: /);
 });

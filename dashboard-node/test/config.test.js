@@ -10,7 +10,7 @@ const BASE = {
   AISWA_AMQP_URL: 'amqp://dashboard:pw@127.0.0.1:55672/aiswa',
 };
 
-test('defaults come from the environment like the Python services', () => {
+test('defaults of optional settings', () => {
   const config = loadConfig(BASE);
   assert.equal(config.service, 'dashboard');
   assert.equal(config.identity, 'dashboard.aiswa');
@@ -23,7 +23,7 @@ test('defaults come from the environment like the Python services', () => {
   assert.equal(config.traceExporter, 'none');
 });
 
-test('every dashboard setting can be changed', () => {
+test('settings read from environment', () => {
   const config = loadConfig({
     ...BASE,
     AISWA_OPA_URL: 'http://127.0.0.1:50355/',
@@ -41,7 +41,7 @@ test('every dashboard setting can be changed', () => {
   assert.equal(config.metrics.port, 51055);
 });
 
-test('invalid settings are errors that name the variable and a valid value', () => {
+test('invalid settings raise ConfigError', () => {
   const cases = [
     [{ AISWA_GRPC_ADDRESS: undefined }, /AISWA_GRPC_ADDRESS is not set.*e\.g\. AISWA_GRPC_ADDRESS=127\.0\.0\.1:50055/],
     [{ AISWA_HTTP_ADDRESS: 'localhost' }, /AISWA_HTTP_ADDRESS="localhost" is not HOST:PORT/],

@@ -36,7 +36,7 @@ function collect(call, count) {
   });
 }
 
-test('SubscribeToUpdates streams only the requested metric types, in order', async (t) => {
+test('SubscribeToUpdates filters by metric type', async (t) => {
   const g = await startGrpc();
   t.after(() => g.stop());
   const call = g.client.SubscribeToUpdates({ metric_types: ['run_progress', 'breaker_state'] });
@@ -61,7 +61,7 @@ test('SubscribeToUpdates streams only the requested metric types, in order', asy
   assert.ok(first.timestamp.seconds > 1700000000);
 });
 
-test('include_snapshot sends the latest value of every series first', async (t) => {
+test('include_snapshot sends latest values first', async (t) => {
   const g = await startGrpc();
   t.after(() => g.stop());
   g.hub.publish({ ...event('breaker_state', 2), key: 'breaker:vision:projects' });
@@ -76,7 +76,7 @@ test('include_snapshot sends the latest value of every series first', async (t) 
   assert.deepEqual(updates.map((u) => [u.value, u.snapshot]), [[0, true], [1, false]]);
 });
 
-test('an unknown metric type is INVALID_ARGUMENT naming the valid ones', async (t) => {
+test('unknown metric type is INVALID_ARGUMENT', async (t) => {
   const g = await startGrpc();
   t.after(() => g.stop());
   const call = g.client.SubscribeToUpdates({ metric_types: ['cpu'] });
@@ -86,7 +86,7 @@ test('an unknown metric type is INVALID_ARGUMENT naming the valid ones', async (
   assert.match(error.details, /unknown metric type cpu; use some of run_progress/);
 });
 
-test('a stream that falls behind is ended with RESOURCE_EXHAUSTED, others go on', { timeout: 30000 }, async (t) => {
+test('slow stream ends with RESOURCE_EXHAUSTED', { timeout: 30000 }, async (t) => {
   const g = await startGrpc({ queue: 256 });
   t.after(() => g.stop());
   // The slow subscriber reaches the server through a proxy that stops
@@ -100,6 +100,7 @@ test('a stream that falls behind is ended with RESOURCE_EXHAUSTED, others go on'
   const fast = g.client.SubscribeToUpdates({});
   await waitFor(() => g.server.streams.size === 2);
   proxy.stall();
+
   let received = 0;
   fast.on('data', () => {
     received += 1;
@@ -115,6 +116,7 @@ test('a stream that falls behind is ended with RESOURCE_EXHAUSTED, others go on'
     g.hub.publish(update);
     if (i % 10 === 9) await waitFor(() => received === i + 1);
   }
+
   const updates = await fastDone;
   assert.equal(updates.length, 1000);
   proxy.resume();
@@ -125,7 +127,7 @@ test('a stream that falls behind is ended with RESOURCE_EXHAUSTED, others go on'
   fast.cancel();
 });
 
-test('the health service follows setServing and reflection is served', async (t) => {
+test('health status follows setServing', async (t) => {
   const g = await startGrpc();
   t.after(() => g.stop());
   const { service: healthService } = require('grpc-health-check');

@@ -15,7 +15,7 @@ async function serve(server, t) {
   return `http://127.0.0.1:${port}`;
 }
 
-test('the built page, its script with Chart.js, and security headers', { skip: !fs.existsSync(path.join(DIST, 'app.js')) && 'run `npm run build` first' }, async (t) => {
+test('page, bundle and security headers', { skip: !fs.existsSync(path.join(DIST, 'app.js')) && 'run `npm run build` first' }, async (t) => {
   const base = await serve(createHttpServer({ health: () => ({ ok: true }), log: captureLogger().log }), t);
   const page = await fetch(`${base}/`);
   assert.equal(page.status, 200);
@@ -30,7 +30,7 @@ test('the built page, its script with Chart.js, and security headers', { skip: !
   assert.equal((await fetch(`${base}/app.css`)).status, 200);
 });
 
-test('/healthz reports 200 or 503 with the details, unknown paths 404, writes 405', async (t) => {
+test('healthz status and other routes', async (t) => {
   let ok = false;
   const base = await serve(createHttpServer({ health: () => ({ ok, amqp: ok ? 'consuming' : 'disconnected' }), log: captureLogger().log }), t);
   let reply = await fetch(`${base}/healthz`);
@@ -44,7 +44,7 @@ test('/healthz reports 200 or 503 with the details, unknown paths 404, writes 40
   assert.equal((await fetch(`${base}/`, { method: 'POST', body: 'x' })).status, 405);
 });
 
-test('without a build the page routes say how to build it', async (t) => {
+test('missing build names the fix', async (t) => {
   const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'aiswa-dashboard-dist-'));
   t.after(() => fs.rmSync(empty, { recursive: true }));
   const logs = captureLogger();

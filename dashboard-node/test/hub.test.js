@@ -9,7 +9,7 @@ function update(metricType, key = null, value = 1) {
   return { metric_type: metricType, value, ts: 1700000000.123456, service: 's', labels: {}, run: null, event: 'e', key };
 }
 
-test('a subscriber receives only the metric types it asked for', () => {
+test('filter delivers only requested types', () => {
   const hub = new Hub();
   const breakers = [];
   const runsAndQueues = [];
@@ -23,7 +23,7 @@ test('a subscriber receives only the metric types it asked for', () => {
   assert.deepEqual(everything, ['run_progress', 'breaker_state', 'queue_depth', 'request_rate', 'run_progress', 'event']);
 });
 
-test('sequence numbers grow by one across all types, and unsubscribe stops delivery', () => {
+test('sequence numbers and unsubscribe', () => {
   const hub = new Hub();
   const seen = [];
   const unsubscribe = hub.subscribe(['queue_depth'], (u) => seen.push(u.sequence));
@@ -36,7 +36,7 @@ test('sequence numbers grow by one across all types, and unsubscribe stops deliv
   assert.equal(hub.subscribers, 0);
 });
 
-test('a subscriber that throws is logged and the others still receive the update', () => {
+test('throwing subscriber does not stop others', () => {
   const { log, find } = captureLogger();
   const hub = new Hub({ log });
   const seen = [];
@@ -49,7 +49,7 @@ test('a subscriber that throws is logged and the others still receive the update
   assert.equal(find('subscriber failed; skipped').length, 1);
 });
 
-test('the snapshot keeps the latest update per series, bounded, oldest first', () => {
+test('snapshot keeps latest per series', () => {
   const hub = new Hub({ snapshotKeys: 3, recentEvents: 2 });
   hub.publish(update('queue_depth', 'queue:a', 1));
   hub.publish(update('queue_depth', 'queue:b', 2));
@@ -64,7 +64,7 @@ test('the snapshot keeps the latest update per series, bounded, oldest first', (
   assert.deepEqual(hub.snapshot(['queue_depth']).map((u) => u.value), [3]);
 });
 
-test('the WebSocket encoding is made once and carries microseconds', () => {
+test('WebSocket encoding made once', () => {
   const hub = new Hub();
   const published = hub.publish(update('event'));
   assert.equal(wireJson(published), wireJson(published));

@@ -8,7 +8,7 @@ const { Metrics } = require('../src/metrics');
 const { QueueDepthPoller } = require('../src/queue_depth');
 const { captureLogger } = require('./support/logs');
 
-// A stand-in amqplib connection whose checkQueue does what `behave(queue)` says.
+// A stand-in amqplib connection whose checkQueue returns what `behave(queue)` returns.
 function connection(behave) {
   const calls = [];
   return {
@@ -36,7 +36,7 @@ function poller(options = {}) {
   return { instance, updates, logs, metrics };
 }
 
-test('depths are published as queue_depth; a missing queue is neither retried nor a failure', async () => {
+test('depths published, missing queue ignored', async () => {
   const { instance, updates } = poller();
   const conn = connection(async (queue) => {
     if (queue === 'gone') throw Object.assign(new Error('NOT_FOUND'), { code: 404 });
@@ -53,7 +53,7 @@ test('depths are published as queue_depth; a missing queue is neither retried no
   instance.stop();
 });
 
-test('a check that hangs hits its deadline, is retried, and the breaker opens and fails fast', async () => {
+test('hung check times out, breaker opens', async () => {
   const { instance, updates, logs, metrics } = poller({ queues: ['reflector.analyze'] });
   const conn = connection(() => new Promise(() => {}));
   instance.useConnection(conn);
@@ -73,7 +73,7 @@ test('a check that hangs hits its deadline, is retried, and the breaker opens an
   instance.stop();
 });
 
-test('without a connection the check fails at once', async () => {
+test('no connection fails at once', async () => {
   const { instance, logs } = poller({ queues: ['q'], attempts: 1 });
   await instance.poll();
   assert.match(logs.find('queue depth not read')[0].error, /not connected to RabbitMQ/);

@@ -1,8 +1,8 @@
 'use strict';
-// The dashboard process end to end against a private RabbitMQ: events
-// published on aiswa.events (also by the Python runtime's Broker) reach a
-// gRPC subscriber and a WebSocket client; malformed ones are skipped; the
-// consumer survives a dropped connection; SIGTERM stops it cleanly.
+// The dashboard process end to end against a private RabbitMQ. Events
+// published on aiswa.events, also by the Python runtime's Broker, reach a
+// gRPC subscriber and a WebSocket client. Malformed ones are skipped, the
+// consumer survives a dropped connection, and SIGTERM stops it cleanly.
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -45,7 +45,7 @@ async function health(port) {
   }
 }
 
-test('events from RabbitMQ reach gRPC and WebSocket subscribers', { skip: !installed() && 'rabbitmq-server is not installed (apt-get install rabbitmq-server)', timeout: 110000 }, async (t) => {
+test('RabbitMQ events reach both transports', { skip: !installed() && 'rabbitmq-server is not installed (apt-get install rabbitmq-server)', timeout: 110000 }, async (t) => {
   const broker = await startRabbitMQ();
   t.after(() => broker.stop());
   const [grpcPort, httpPort, metricsPort] = await freePorts(3);
@@ -117,7 +117,7 @@ test('events from RabbitMQ reach gRPC and WebSocket subscribers', { skip: !insta
   assert.equal(span.name, 'dashboard.events process');
   assert.equal(span.parent_id, 'b7ad6b7169203331');
 
-  await t.test('an event published by the Python runtime arrives', { skip: !fs.existsSync(PYTHON) && 'no Python environment (make setup)' }, async () => {
+  await t.test('Python runtime event arrives', { skip: !fs.existsSync(PYTHON) && 'no Python environment (make setup)' }, async () => {
     const script = [
       'import asyncio, os, sys',
       'from aiswa_runtime import Broker',
@@ -140,7 +140,7 @@ test('events from RabbitMQ reach gRPC and WebSocket subscribers', { skip: !insta
     await until(() => web.updates.find((u) => u.metric_type === 'breaker_state' && u.labels.upstream === 'projects'), 'the breaker update over WebSocket');
   });
 
-  await t.test('the consumer reconnects when the broker drops its connection', async () => {
+  await t.test('consumer reconnects after a drop', async () => {
     await broker.ctl('close_all_connections', '-p', broker.vhost, 'test: dropped on purpose');
     await until(async () => (await health(httpPort)).status === 200, 'the dashboard to reconnect', 20000);
     const again = await amqp.connect(broker.url);

@@ -14,7 +14,7 @@ async function until(predicate, what, timeoutMs = 5000) {
   }
 }
 
-test('a client that stops reading is dropped once its buffer fills; a fast one gets everything', async (t) => {
+test('bounded buffer drops stalled client', async (t) => {
   const web = await startWeb({ window: 4, queue: 8 });
   t.after(() => web.stop());
   const fast = await connectClient(web.url);
@@ -35,7 +35,7 @@ test('a client that stops reading is dropped once its buffer fills; a fast one g
   await until(() => web.web.clients.size === 1, 'the server to forget the dropped client');
 });
 
-test('a client whose socket holds too many unsent bytes is dropped', async (t) => {
+test('unsent byte limit drops client', async (t) => {
   const web = await startWeb({ window: 1000, queue: 1000, maxBytes: 64 * 1024 });
   t.after(() => web.stop());
   const stalled = await connectStalledClient(web.port);
@@ -51,7 +51,7 @@ test('a client whose socket holds too many unsent bytes is dropped', async (t) =
   assert.match(web.logs.find('slow WebSocket client dropped')[0].reason, /more than 65536 bytes unsent/);
 });
 
-test('a new client first gets the snapshot, then only the metric types it asked for', async (t) => {
+test('snapshot, then requested types only', async (t) => {
   const web = await startWeb();
   t.after(() => web.stop());
   web.hub.publish({ ...event('breaker_state'), key: 'breaker:vision:projects' });
@@ -66,7 +66,7 @@ test('a new client first gets the snapshot, then only the metric types it asked 
   assert.deepEqual(client.updates.map((u) => u.metric_type), ['run_progress', 'breaker_state']);
 });
 
-test('bad requests are refused with a status and a reason', async (t) => {
+test('bad upgrades rejected with reason', async (t) => {
   const decisions = [];
   const web = await startWeb({
     maxClients: 1,
@@ -88,7 +88,7 @@ test('bad requests are refused with a status and a reason', async (t) => {
   assert.ok(decisions.includes('intruder'));
 });
 
-test('closing the server sends 1001 to every client', async () => {
+test('close sends 1001 to clients', async () => {
   const web = await startWeb();
   const client = await connectClient(web.url);
   web.web.close();

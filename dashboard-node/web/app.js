@@ -19,6 +19,9 @@ const MAX_POINTS = 600;
 const MAX_RUNS = 50;
 const MAX_EVENTS = 100;
 const MAX_DENIALS = 30;
+// Series that arrive every few seconds; the event list leaves them out.
+const PERIODIC = new Set(['queue_depth', 'request_rate', 'error_rate', 'latency_p50_ms', 'latency_p99_ms', 'authz_denials']);
+const IDENTITY_SUFFIX = '.serviceaccount.identity.linkerd.cluster.local';
 const COLORS = ['#2457c5', '#c62828', '#1a7f37', '#b35900', '#7b3fc4', '#00838f', '#ad1457', '#5d4037'];
 
 const state = {
@@ -154,8 +157,10 @@ function apply(update) {
     default:
       break;
   }
-  state.events.unshift({ time, update });
-  state.events.length = Math.min(state.events.length, MAX_EVENTS);
+  if (!PERIODIC.has(update.metric_type)) {
+    state.events.unshift({ time, update });
+    state.events.length = Math.min(state.events.length, MAX_EVENTS);
+  }
 }
 
 // --- rendering ------------------------------------------------------------
@@ -226,8 +231,10 @@ function renderServices() {
 function renderDenials() {
   const rows = state.denials.map((denial) => {
     const tr = document.createElement('tr');
-    tr.append(cell(clock(denial.time)), cell(denial.service), cell(denial.caller || 'no identity'), cell(denial.method), cell(denial.reason));
-    tr.title = denial.reason;
+    const caller = denial.caller ? denial.caller.replace(IDENTITY_SUFFIX, '') : 'no identity';
+    const method = denial.method.slice(denial.method.lastIndexOf('/') + 1);
+    tr.append(cell(clock(denial.time)), cell(denial.service), cell(caller), cell(method), cell(denial.reason));
+    tr.title = `${denial.caller}\n${denial.method}\n${denial.reason}`;
     return tr;
   });
   fillTable('denials', rows);

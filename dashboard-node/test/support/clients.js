@@ -8,7 +8,7 @@ const { createAcker } = require('../../web/acker');
 
 /**
  * Connect to `url`; resolves once the snapshot arrived. `onUpdate(update,
- * client)` sees every live update after it was recorded in client.sequences.
+ * client)` receives every live update after it was recorded in client.sequences.
  */
 function connectClient(url, { onUpdate = null, keepUpdates = false, headers } = {}) {
   return new Promise((resolve, reject) => {

@@ -1,8 +1,8 @@
 'use strict';
-// The hub and WebSocket server in a child process, so that the server and a
-// thousand clients use both cores. Driven over IPC by the fan-out test:
-// {burst: N} publishes N updates, one per event-loop turn; {stats: true}
-// answers with the drop and client counts.
+// Runs the hub and WebSocket server in a child process, so that the server
+// and a thousand clients use both cores. The fan-out test drives it over IPC.
+// {burst: N} publishes N updates, one per event-loop turn, and {stats: true}
+// replies with the drop and client counts.
 
 const { setImmediate: turn } = require('node:timers/promises');
 const { startWeb, event } = require('./web');
