@@ -2,7 +2,7 @@
 // Benchmark: delay from publish (to RabbitMQ) to receipt at 1000 WebSocket
 // clients, and the dashboard's memory per connection.
 //
-//   node bench/ws_fanout.js [--clients 1000] [--events 300] [--rate 50]
+//   node bench/ws_fanout.js [--clients 1000] [--events 400] [--rate 20]
 //
 // Starts a private RabbitMQ (ports 45000-45999) and the dashboard process,
 // connects the clients from this process, publishes `events` events at
@@ -25,8 +25,8 @@ function option(name, fallback) {
 }
 
 const CLIENTS = option('clients', 1000);
-const EVENTS = option('events', 300);
-const RATE = option('rate', 50);
+const EVENTS = option('events', 400);
+const RATE = option('rate', 20);
 const OUTPUT = path.resolve(__dirname, '..', '..', '.state', 'bench', 'dashboard.json');
 
 const now = () => (performance.timeOrigin + performance.now()) / 1000;
