@@ -2,6 +2,8 @@
 
 ``serve`` runs the gRPC server (reports) and the task consumer together.
 ``AISWA_REFLECTOR_PREFETCH`` bounds the tasks a worker holds unacknowledged.
+``AISWA_REFLECTOR_ENGINE`` selects the metrics engine: ``rust`` (the default, the
+aiswa_core extension) or ``python`` (the reference implementation).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from aiswa_runtime import (
 )
 from aiswa_runtime.archive import ArchiveLimits
 
+from ._analysis import analyzer
 from ._servicer import ReflectorServicer
 from ._worker import Worker
 
@@ -59,11 +62,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m aiswa_reflector", description=__doc__)
     parser.add_argument("command", choices=["serve", "migrate"])
     args = parser.parse_args()
-    config = ServiceConfig.from_env("reflector")
-    if args.command == "serve":
-        asyncio.run(serve(config))
-    else:
-        migrate(config.require_database(), MIGRATIONS)
+    if args.command == "migrate":
+        migrate(ServiceConfig.from_env("reflector").require_database(), MIGRATIONS)
+        return
+    try:
+        # Load the metrics engine before taking tasks, so that a missing Rust core
+        # stops the reflector here instead of failing every task.
+        analyzer()
+    except (RuntimeError, ValueError) as exc:
+        raise SystemExit(f"reflector: cannot start: {exc}") from None
+    asyncio.run(serve(ServiceConfig.from_env("reflector")))
 
 
 if __name__ == "__main__":

@@ -12,17 +12,45 @@ from .metrics import FileMetrics, FunctionMetrics, analyze_source
 
 Analyzer = Callable[[str, bytes], FileMetrics]
 
+ENGINES = ("rust", "python")
+DEFAULT_ENGINE = "rust"
+
 
 def engine_name() -> str:
-    return os.environ.get("AISWA_REFLECTOR_ENGINE", "python")
+    """Return the engine that AISWA_REFLECTOR_ENGINE names, "rust" when it is unset or empty."""
+    return os.environ.get("AISWA_REFLECTOR_ENGINE") or DEFAULT_ENGINE
+
+
+class RustAnalyzer:
+    """The aiswa_core extension behind the reference's interface.
+
+    Calling it measures one file. ``analyze_many`` measures a batch in parallel on
+    every core, with the GIL released, and returns the results in input order.
+    """
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+
+    def __call__(self, path: str, content: bytes) -> FileMetrics:
+        return _file_metrics(self._core.analyze_source(path, content))
+
+    def analyze_many(self, files: list[tuple[str, bytes]]) -> list[FileMetrics]:
+        return [_file_metrics(result) for result in self._core.analyze_files(files)]
+
+
+def _file_metrics(result: dict[str, Any]) -> FileMetrics:
+    functions = tuple(FunctionMetrics(**function) for function in result.pop("functions"))
+    return FileMetrics(**result, functions=functions)
 
 
 def analyzer() -> Analyzer:
     """Return the metrics engine that AISWA_REFLECTOR_ENGINE selects.
 
-    "python" is the reference implementation, aiswa_reflector.metrics. "rust" is the
-    aiswa_core extension, which scripts/build-rust-ext.sh builds and installs. Both
-    return the same FileMetrics.
+    "rust", the default, is the aiswa_core extension, which scripts/build-rust-ext.sh
+    builds and installs. "python" is the reference implementation,
+    aiswa_reflector.metrics. Both return the same FileMetrics. Raises RuntimeError
+    when the engine is "rust" and aiswa_core cannot be imported, so that the
+    reflector fails at start instead of falling back to the slower reference.
     """
     name = engine_name()
     if name == "python":
@@ -31,18 +59,21 @@ def analyzer() -> Analyzer:
         try:
             import aiswa_core
         except ImportError as exc:
+            selected = (
+                "AISWA_REFLECTOR_ENGINE=rust"
+                if os.environ.get("AISWA_REFLECTOR_ENGINE")
+                else "the default, as AISWA_REFLECTOR_ENGINE is unset"
+            )
             raise RuntimeError(
-                "AISWA_REFLECTOR_ENGINE=rust needs the aiswa_core extension, which is not "
-                f"installed ({exc}); build it with scripts/build-rust-ext.sh"
+                f"the metrics engine is 'rust' ({selected}), but the "
+                f"aiswa_core extension cannot be imported: {exc}. Build and install it with "
+                "scripts/build-rust-ext.sh, or set AISWA_REFLECTOR_ENGINE=python to use the "
+                "Python reference"
             ) from exc
-
-        def analyze_with_rust(path: str, content: bytes) -> FileMetrics:
-            result = aiswa_core.analyze_source(path, content)
-            functions = tuple(FunctionMetrics(**function) for function in result.pop("functions"))
-            return FileMetrics(**result, functions=functions)
-
-        return analyze_with_rust
-    raise ValueError(f"AISWA_REFLECTOR_ENGINE={name!r} is unknown; use 'python' or 'rust'")
+        return RustAnalyzer(aiswa_core)
+    raise ValueError(
+        f"AISWA_REFLECTOR_ENGINE={name!r} is unknown; use one of {', '.join(map(repr, ENGINES))}"
+    )
 
 
 def python_sources(archive: bytes, limits: ArchiveLimits) -> list[tuple[str, bytes]]:
@@ -53,6 +84,9 @@ def python_sources(archive: bytes, limits: ArchiveLimits) -> list[tuple[str, byt
 
 
 def analyze_batch(files: Iterable[tuple[str, bytes]], analyze: Analyzer) -> list[FileMetrics]:
+    """Measure ``files`` in input order, in parallel when the engine is the Rust core."""
+    if isinstance(analyze, RustAnalyzer):
+        return analyze.analyze_many(list(files))
     return [analyze(path, content) for path, content in files]
 
 
