@@ -53,5 +53,6 @@ def find_duplicates(
     Identifiers count as one token kind and literals as another. Each result is
     ``(path_a, line_start_a, line_end_a, path_b, line_start_b, line_end_b, tokens)``,
     where ``a`` is the earlier copy in input order. Results are ordered by where the
-    later copy starts. Raises ValueError if ``min_tokens`` is less than 1.
+    later copy starts. Raises ValueError if ``min_tokens`` is less than 1, or if there
+    are 2**32 files or more, or a file of 2**32 bytes or more.
     """

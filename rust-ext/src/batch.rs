@@ -59,10 +59,12 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 
 /// Analyse one file; a panic becomes the file's error instead of unwinding further.
 pub fn analyze_one(path: &str, source: Source<'_>) -> FileMetrics {
-    catch_unwind(AssertUnwindSafe(|| {
-        languages::for_path(path).analyze(path, source)
-    }))
-    .unwrap_or_else(|payload| {
+    contain_panic(path, || languages::for_path(path).analyze(path, source))
+}
+
+/// Runs `work`, turning a panic into a failed `FileMetrics` for `path`.
+fn contain_panic(path: &str, work: impl FnOnce() -> FileMetrics) -> FileMetrics {
+    catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|payload| {
         FileMetrics::failed(
             path,
             format!(
@@ -101,4 +103,30 @@ pub fn tokenize_many(pool: &ThreadPool, files: &[InputFile]) -> Vec<Vec<Normaliz
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_becomes_the_file_error() {
+        let result = contain_panic("a.py", || panic!("index out of bounds"));
+        assert_eq!(result.path, "a.py");
+        assert_eq!(
+            result.error,
+            "internal error in aiswa_core (please report): index out of bounds"
+        );
+        assert!(result.functions.is_empty());
+    }
+
+    #[test]
+    fn formatted_panic_message_is_kept() {
+        let line = 7;
+        let result = contain_panic("b.py", || panic!("bad line {line}"));
+        assert_eq!(
+            result.error,
+            "internal error in aiswa_core (please report): bad line 7"
+        );
+    }
 }

@@ -83,6 +83,9 @@ fn analyze_files<'py>(
     Ok(list)
 }
 
+/// The largest file, in bytes, and the most files that `find_duplicates` accepts.
+const MAX_DUPLICATE_INPUT: usize = u32::MAX as usize;
+
 /// Find duplicated code: token sequences of at least `min_tokens` tokens that
 /// occur twice, with identifiers and literals normalized.
 ///
@@ -98,6 +101,23 @@ fn find_duplicates<'py>(
     if min_tokens < 1 {
         return Err(PyValueError::new_err(format!(
             "min_tokens must be at least 1, got {min_tokens}"
+        )));
+    }
+    // The matcher stores file indexes and token positions as u32. A file has no more
+    // tokens than bytes, so bounding the sizes bounds the positions.
+    if files.len() > MAX_DUPLICATE_INPUT {
+        return Err(PyValueError::new_err(format!(
+            "find_duplicates accepts at most {MAX_DUPLICATE_INPUT} files, got {}",
+            files.len()
+        )));
+    }
+    if let Some((path, content)) = files
+        .iter()
+        .find(|(_, content)| content.len() > MAX_DUPLICATE_INPUT)
+    {
+        return Err(PyValueError::new_err(format!(
+            "{path} has {} bytes, more than the {MAX_DUPLICATE_INPUT} that find_duplicates accepts",
+            content.len()
         )));
     }
     let pool = batch::pool(0).map_err(PyRuntimeError::new_err)?;

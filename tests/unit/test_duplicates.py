@@ -7,6 +7,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aiswa_reflector.duplicates import Duplicate, find_duplicates, normalized_tokens
 
@@ -139,3 +141,36 @@ def test_min_tokens_below_one_is_rejected():
         find_duplicates([], min_tokens=0)
     with pytest.raises(ValueError, match="at least 1"):
         aiswa_core.find_duplicates([], min_tokens=0)
+
+
+# Lines that tokenize at module level, some sharing tokens after normalization.
+_LINES = st.sampled_from(
+    [
+        "x = a + b\n",
+        "y = c + d\n",
+        "total += value * 2\n",
+        "if ready:\n    run(1, 'a')\n",
+        "if done:\n    stop(2, 'b')\n",
+        "items = [i for i in range(10) if i]\n",
+        "# a comment\n",
+        "\n",
+        "def f(a, b=1):\n    return a - b\n",
+        "print('x', end='')\n",
+    ]
+)
+_FILES = st.lists(st.lists(_LINES, max_size=40).map("".join), min_size=1, max_size=5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_FILES, st.integers(min_value=1, max_value=15), st.booleans())
+def test_random_files_agree(texts, min_tokens, with_bad_file):
+    files = [(f"f{index}.py", text.encode()) for index, text in enumerate(texts)]
+    if with_bad_file:
+        files.insert(len(files) // 2, ("bad.py", b'x = """never closed\n' + texts[0].encode()))
+    python, rust = _both(files, min_tokens)
+    assert python == rust
+    for duplicate in python:
+        assert duplicate[-1] >= min_tokens
+        assert duplicate[1] <= duplicate[2]
+        assert duplicate[4] <= duplicate[5]
+        assert "bad.py" not in (duplicate[0], duplicate[3])

@@ -49,12 +49,26 @@ struct Run {
 }
 
 /// Find duplicated token sequences of at least `min_tokens` tokens, in the order in
-/// which their later copy starts. `min_tokens` must be at least 1.
+/// which their later copy starts. `min_tokens` must be at least 1, and there must be
+/// fewer than 2^32 files and tokens per file, because the index of windows stores
+/// positions as u32 to halve its memory.
 pub fn find_duplicates(files: &[Vec<NormalizedToken>], min_tokens: usize) -> Vec<Duplicate> {
     assert!(min_tokens >= 1, "min_tokens must be at least 1");
+    assert!(
+        u32::try_from(files.len()).is_ok()
+            && files
+                .iter()
+                .all(|tokens| u32::try_from(tokens.len()).is_ok()),
+        "more than u32::MAX files or tokens in a file"
+    );
     let width = min_tokens;
     let top_power = (1..width).fold(1u64, |power, _| power.wrapping_mul(ROLLING_BASE));
-    let mut latest: FxHashMap<u64, (usize, usize)> = FxHashMap::default();
+    let windows: usize = files
+        .iter()
+        .map(|tokens| (tokens.len() + 1).saturating_sub(width))
+        .sum();
+    let mut latest: FxHashMap<u64, (u32, u32)> =
+        FxHashMap::with_capacity_and_hasher(windows, Default::default());
     let mut duplicates = Vec::new();
 
     for (file_b, tokens) in files.iter().enumerate() {
@@ -72,7 +86,9 @@ pub fn find_duplicates(files: &[Vec<NormalizedToken>], min_tokens: usize) -> Vec
                     .wrapping_mul(ROLLING_BASE)
                     .wrapping_add(tokens[start_b + width - 1].kind);
             }
-            let partner = latest.insert(hash, (file_b, start_b));
+            let partner = latest
+                .insert(hash, (file_b as u32, start_b as u32))
+                .map(|(file, start)| (file as usize, start as usize));
             let continues = match (&run, partner) {
                 (Some(current), Some((file_a, start_a))) => {
                     current.file_a == file_a
