@@ -8,7 +8,7 @@ state="$root/.state"
 venv="$state/venv"
 mkdir -p "$state"
 
-apt_packages=(postgresql rabbitmq-server iproute2 openssl)
+apt_packages=(postgresql rabbitmq-server iproute2 openssl chromium)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
@@ -59,6 +59,7 @@ fi
 
 bash "$root/scripts/install-opa.sh"
 bash "$root/scripts/build-rust-ext.sh"
+bash "$root/scripts/setup-node.sh"
 
 "$venv/bin/python" -m aiswa_mesh.protogen --root "$root" --openapi-plugin "$openapi_plugin"
 echo "setup: done (venv: $venv)"

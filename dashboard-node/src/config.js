@@ -77,6 +77,14 @@ function loopbackUrl(name, value, schemes) {
  * Throws ConfigError naming the variable and a valid value when a required
  * setting is missing or invalid.
  */
+function wsAuthz(env) {
+  const value = env.AISWA_DASHBOARD_WS_AUTHZ || 'opa';
+  if (!['opa', 'off'].includes(value)) {
+    throw new ConfigError(`AISWA_DASHBOARD_WS_AUTHZ=${JSON.stringify(value)} is invalid; use 'opa' or 'off'`);
+  }
+  return value;
+}
+
 function loadConfig(env = process.env) {
   const service = env.AISWA_SERVICE || 'dashboard';
   const namespace = env.AISWA_NAMESPACE || 'aiswa';
@@ -117,6 +125,9 @@ function loadConfig(env = process.env) {
     metrics,
     amqpUrl,
     opaUrl,
+    // 'opa' asks OPA about every WebSocket upgrade as SubscribeToUpdates;
+    // 'off' serves the page's WebSocket to any local client (see README).
+    wsAuthz: wsAuthz(env),
     opaTimeoutMs: positiveNumber(env, 'AISWA_OPA_TIMEOUT', 0.25) * 1000,
     traceExporter,
     traceEndpoint,

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from aiswa_cli.main import main as aiswa
+from aiswa_runtime import load_topology
 
-from ._state import default_layout
+from ._state import ROOT, default_layout
 
 
 def main() -> None:
@@ -40,9 +41,10 @@ def main() -> None:
     print("API:   https://127.0.0.1:8443 (CA certificate: "
           f"{layout.pki / 'gateway-ca.pem'})")
     print(f"Logs:  {layout.logs}/<program>.log, traces in {layout.traces}")
-    print("Metrics: http://127.0.0.1:51051..51054/metrics (Prometheus, one per service)")
-    print("Dashboard: not built yet (the Node.js dashboard service is planned); "
-          "`make status` lists the running programs.")
+    print("Metrics: http://127.0.0.1:51051..51055/metrics (Prometheus, one per service)")
+    dashboard = load_topology(str(ROOT / "mesh" / "topology.yaml"))["workloads"]["dashboard"]
+    print(f"Dashboard: http://127.0.0.1:{dashboard['http_port']}/ (live runs, queues, "
+          "request rates, denials and breakers)")
 
 
 if __name__ == "__main__":

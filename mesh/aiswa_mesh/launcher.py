@@ -29,6 +29,9 @@ from ._supervisor import Program, Supervisor, render_config
 log = logging.getLogger("aiswa.launcher")
 
 PYTHON_SERVICES = ("users", "projects", "reflector", "vision")
+# Node.js workloads: no database and no migrations; each runs dashboard-node/src/main.js.
+NODE_SERVICES = ("dashboard",)
+SERVICES = (*PYTHON_SERVICES, *NODE_SERVICES)
 
 
 class Platform:
@@ -51,6 +54,10 @@ class Platform:
     def gateway_url(self) -> str:
         return f"https://127.0.0.1:{self.topology['gateway']['https_port']}"
 
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.topology['workloads']['dashboard']['http_port']}/"
+
     def service_environment(self, name: str) -> dict[str, str]:
         workload = self.topology["workloads"][name]
         infra = self.topology["infrastructure"]
@@ -66,18 +73,19 @@ class Platform:
             "AISWA_TRACE_ENDPOINT": f"127.0.0.1:{infra['collector']['port']}",
             "AISWA_LOG_LEVEL": os.environ.get("AISWA_LOG_LEVEL", "INFO"),
             "PYTHONUNBUFFERED": "1",
-            # NOTE: the password sits in the supervisord configuration (mode
-            # 0600, state folder) until services fetch short-lived
-            # credentials from a secrets store.
-            "AISWA_DATABASE_URL": (
-                f"postgresql://aiswa_{name}:{layout.secret(f'postgres-{name}')}"
-                f"@127.0.0.1:{infra['postgres']['port']}/{workload['database']}"
-            ),
             "AISWA_AMQP_URL": (
                 f"amqp://{name}:{layout.secret(f'rabbitmq-{name}')}"
                 f"@127.0.0.1:{infra['rabbitmq']['amqp_port']}/{infra['rabbitmq']['vhost']}"
             ),
         }
+        if "database" in workload:
+            # NOTE: the password sits in the supervisord configuration (mode
+            # 0600, state folder) until services fetch short-lived
+            # credentials from a secrets store.
+            env["AISWA_DATABASE_URL"] = (
+                f"postgresql://aiswa_{name}:{layout.secret(f'postgres-{name}')}"
+                f"@127.0.0.1:{infra['postgres']['port']}/{workload['database']}"
+            )
         for upstream in workload.get("upstreams", []):
             port = self.topology["workloads"][upstream]["port"]
             if self.mesh is not None:
@@ -89,6 +97,16 @@ class Platform:
             env["AISWA_USERS_SIGNING_KEY"] = str(layout.secrets / "users-signing-key.pem")
         if name == "projects":
             env["AISWA_ARCHIVE_DIR"] = str(layout.archives)
+        if name == "dashboard":
+            env["AISWA_HTTP_ADDRESS"] = f"127.0.0.1:{workload['http_port']}"
+            env["AISWA_PROTO_ROOT"] = str(ROOT / "proto")
+            queues = self.topology["queues"]
+            env["AISWA_DASHBOARD_WATCH_QUEUES"] = ",".join(
+                [*queues, *(spec["dead_letter"] for spec in queues.values() if "dead_letter" in spec)])
+            # NOTE: browsers cannot send the mesh identity that OPA needs, so
+            # the page's WebSocket is open to local clients, like the app
+            # ports. The gRPC stream stays behind the sidecar and OPA.
+            env["AISWA_DASHBOARD_WS_AUTHZ"] = "off"
         return env
 
     def programs(self) -> list[Program]:
@@ -107,12 +125,17 @@ class Platform:
         if self.mesh is not None:
             programs += self.mesh.infrastructure_programs(python)
             opa = str(self.layout.root / "tools" / "go" / "bin" / "opa")
-            for name in ("gateway", *PYTHON_SERVICES):
+            for name in ("gateway", *SERVICES):
                 programs += self.mesh.workload_programs(name, opa)
         for priority, name in enumerate(PYTHON_SERVICES, start=30):
             programs.append(Program(
                 name, [python, "-m", f"aiswa_{name}", "serve"], priority,
                 environment=self.service_environment(name), directory=ROOT,
+            ))
+        for name in NODE_SERVICES:
+            programs.append(Program(
+                name, ["node", str(ROOT / f"{name}-node" / "src" / "main.js")], 45,
+                environment=self.service_environment(name), directory=ROOT / f"{name}-node",
             ))
         programs.append(Program(
             "gateway", self._gateway_command(), 50, stop_wait_seconds=10,
@@ -193,10 +216,16 @@ class Platform:
             self._start(name, lambda port=port, name=name: _wait_grpc_health(name, port))
             if name == "users":
                 self._bootstrap_admin()
+        for name in NODE_SERVICES:
+            if self.mesh is not None:
+                self._start_pod_sidecars(name)
+            port = self.topology["workloads"][name]["port"]
+            self._start(name, lambda port=port, name=name: _wait_grpc_health(name, port))
         if self.mesh is not None:
             self._start_pod_sidecars("gateway")
         self._start("gateway", self._wait_gateway)
         print(f"AI-SWA is up.\n  API (REST/JSON and gRPC): {self.gateway_url}"
+              f"\n  dashboard:                {self.dashboard_url}"
               f"\n  gateway CA certificate:   {layout.pki / 'gateway-ca.pem'}"
               f"\n  admin API key:            {layout.admin_key}"
               f"\n  logs:                     {layout.logs}/<program>.log  (`make logs`)"
@@ -208,7 +237,7 @@ class Platform:
         self._start("openbao", lambda: None)
         mesh.bootstrap()
         self._start("openbao-unseal", lambda: None)
-        for name in ("gateway", *PYTHON_SERVICES):
+        for name in ("gateway", *SERVICES):
             self._start(f"identity-{name}", lambda name=name: mesh.wait_identity(name))
 
     def _start_pod_sidecars(self, name: str) -> None:
@@ -222,11 +251,11 @@ class Platform:
 
     def _configure_rabbitmq(self) -> None:
         marker = self.layout.rabbitmq / ".configured"
-        expected = ",".join(PYTHON_SERVICES)
+        expected = ",".join(SERVICES)
         if marker.exists() and marker.read_text() == expected:
             return
         self.rabbitmq.ensure_vhost()
-        for name in PYTHON_SERVICES:
+        for name in SERVICES:
             self.rabbitmq.ensure_user(name, self.layout.secret(f"rabbitmq-{name}"))
         marker.write_text(expected)
 

@@ -350,6 +350,8 @@ async def mesh(tmp_path_factory) -> AsyncIterator[Mesh]:
                 "projects": ("127.0.0.1", projects_inbound, free_port()),
                 "reflector": ("127.0.0.1", reflector_inbound, free_port()),
                 "vision": ("127.0.0.1", impostor_app.port, free_port()),
+                # No listener here either: the dashboard has no sidecar in these tests.
+                "dashboard": ("127.0.0.1", closed_port, free_port()),
             },
         )
         sidecars.append(gateway)

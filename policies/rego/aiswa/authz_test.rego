@@ -111,9 +111,9 @@ test_method_not_string_denied if {
 }
 
 test_unknown_destination_denied if {
-	decision := authz.result with input as _call("gateway", "dashboard", concat("", [_projects, "/GetProject"]))
+	decision := authz.result with input as _call("gateway", "billing", concat("", [_projects, "/GetProject"]))
 	decision.allow == false
-	endswith(decision.reason, ": dashboard is not a workload of the mesh")
+	endswith(decision.reason, ": billing is not a workload of the mesh")
 }
 
 test_method_of_other_service_denied if {

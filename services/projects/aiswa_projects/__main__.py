@@ -11,7 +11,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from aiswa.projects.v1 import projects_pb2_grpc
-from aiswa_runtime import Broker, Service, ServiceConfig, migrate, open_pool
+from aiswa_runtime import Broker, Service, ServiceConfig, ServiceReporter, migrate, open_pool
 from aiswa_runtime.archive import ArchiveLimits
 
 from ._runs import apply_event, republish_pending
@@ -27,6 +27,7 @@ async def serve(config: ServiceConfig) -> None:
     broker = Broker(config.require_amqp(), config.service)
     await broker.connect()
     service.on_shutdown(broker.close)
+    service.background(ServiceReporter(broker, config.service).run)
     archive_dir = Path(os.environ.get("AISWA_ARCHIVE_DIR") or config.state_dir / "archives")
     service.add(
         projects_pb2_grpc.add_ProjectsServiceServicer_to_server,

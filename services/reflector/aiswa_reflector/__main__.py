@@ -18,9 +18,9 @@ from aiswa_runtime import (
     Broker,
     Service,
     ServiceConfig,
+    ServiceReporter,
     Upstream,
     migrate,
-    on_breaker_change,
     open_pool,
 )
 from aiswa_runtime.archive import ArchiveLimits
@@ -39,8 +39,7 @@ async def serve(config: ServiceConfig) -> None:
     broker = Broker(config.require_amqp(), config.service)
     await broker.connect()
     service.on_shutdown(broker.close)
-    on_breaker_change(lambda change: broker.publish_event_soon(
-        "breaker.state_changed", {"service": config.service, **change}))
+    service.background(ServiceReporter(broker, config.service).run)
     projects = Upstream("projects", config.upstream("projects"),
                         method_timeouts={"/aiswa.projects.v1.ProjectsService/GetProject": 3.0})
     service.on_shutdown(projects.close)

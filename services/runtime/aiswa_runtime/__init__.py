@@ -19,6 +19,7 @@ from ._errors import (
     unauthenticated,
     unavailable,
 )
+from ._report import ServiceReporter
 from ._server import Service, forwarded_metadata
 from ._topology import load_topology
 
@@ -30,6 +31,7 @@ __all__ = [
     "Service",
     "ServiceConfig",
     "ServiceError",
+    "ServiceReporter",
     "Upstream",
     "failed_precondition",
     "forwarded_metadata",

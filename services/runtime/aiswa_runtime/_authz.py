@@ -48,6 +48,13 @@ AUTHZ_DENIALS = Counter(
 
 _Metadata = Iterable[tuple[str, str | bytes]]
 
+_denial_listeners: list[Callable[[dict[str, str]], None]] = []
+
+
+def on_denial(listener: Callable[[dict[str, str]], None]) -> None:
+    """Call ``listener`` with ``{"caller", "method", "reason", "reason_kind"}`` on every denial."""
+    _denial_listeners.append(listener)
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -192,6 +199,12 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                    "reason": decision.reason, "reason_kind": decision.kind,
                    "opa_url": self.opa_url},
         )
+        for listener in _denial_listeners:
+            try:
+                listener({"caller": caller, "method": method, "reason": decision.reason,
+                          "reason_kind": decision.kind})
+            except Exception:  # a listener must never change the decision
+                log.exception("denial listener failed", extra={"method": method})
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.reason)
 
     async def decide(self, method: str, caller: str, metadata: _Metadata | None = None,

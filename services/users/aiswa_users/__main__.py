@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from aiswa.users.v1 import users_pb2_grpc
-from aiswa_runtime import Service, ServiceConfig, migrate, open_pool
+from aiswa_runtime import Broker, Service, ServiceConfig, ServiceReporter, migrate, open_pool
 
 from ._servicer import UsersServicer
 from ._tokens import SigningKey, new_api_key
@@ -27,6 +27,12 @@ async def serve(config: ServiceConfig) -> None:
     key = _signing_key(config)
     pool = await open_pool(config.require_database())
     service.on_shutdown(pool.close)
+    # Users consumes no queue; its broker connection only carries the events
+    # that the dashboard shows.
+    broker = Broker(config.require_amqp(), config.service)
+    await broker.connect()
+    service.on_shutdown(broker.close)
+    service.background(ServiceReporter(broker, config.service).run)
     ttl = int(os.environ.get("AISWA_TOKEN_TTL_SECONDS", "900"))
     service.add(
         users_pb2_grpc.add_UsersServiceServicer_to_server,

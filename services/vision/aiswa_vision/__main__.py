@@ -11,9 +11,9 @@ from aiswa_runtime import (
     Broker,
     Service,
     ServiceConfig,
+    ServiceReporter,
     Upstream,
     migrate,
-    on_breaker_change,
     open_pool,
 )
 
@@ -29,8 +29,7 @@ async def serve(config: ServiceConfig) -> None:
     broker = Broker(config.require_amqp(), config.service)
     await broker.connect()
     service.on_shutdown(broker.close)
-    on_breaker_change(lambda change: broker.publish_event_soon(
-        "breaker.state_changed", {"service": config.service, **change}))
+    service.background(ServiceReporter(broker, config.service).run)
     reflector = Upstream("reflector", config.upstream("reflector"))
     projects = Upstream("projects", config.upstream("projects"))
     service.on_shutdown(reflector.close)
