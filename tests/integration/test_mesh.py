@@ -17,11 +17,12 @@ import pytest
 import yaml
 
 from aiswa_mesh._mesh import Mesh
+from aiswa_runtime import load_topology
 from conftest import ROOT, supervisorctl
 
 MATRIX = yaml.safe_load((ROOT / "policies" / "rego" / "expected_matrix.yaml").read_text())[
     "expected_matrix"]
-WORKLOADS = ["users", "projects", "reflector", "vision"]
+WORKLOADS = list(load_topology(str(ROOT / "mesh" / "topology.yaml"))["workloads"])
 POLICY_DENIAL = "may not call"
 
 
@@ -62,6 +63,10 @@ def _call(channel: grpc.Channel, method: str, metadata: list[tuple[str, str]]) -
         if method.endswith(("ReadArchive", "Health/Watch")):
             for _ in channel.unary_stream(method)(b"", metadata=metadata, timeout=3):
                 break
+        elif method.endswith("SubscribeToUpdates"):
+            # include_snapshot = true (field 2), so an allowed stream sends at once.
+            for _ in channel.unary_stream(method)(b"\x10\x01", metadata=metadata, timeout=3):
+                break
         elif method.endswith("ServerReflectionInfo"):
             for _ in channel.stream_stream(method)(iter([b""]), metadata=metadata, timeout=3):
                 break
@@ -71,7 +76,8 @@ def _call(channel: grpc.Channel, method: str, metadata: list[tuple[str, str]]) -
         if error.code() == grpc.StatusCode.PERMISSION_DENIED and POLICY_DENIAL in (
                 error.details() or ""):
             return grpc.StatusCode.PERMISSION_DENIED
-        if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and method.endswith("Watch"):
+        if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and method.endswith(
+                ("Watch", "SubscribeToUpdates")):
             return grpc.StatusCode.OK  # an allowed Watch streams until the deadline
         return error.code()
     return grpc.StatusCode.OK
