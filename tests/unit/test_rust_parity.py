@@ -2,7 +2,8 @@
 
 Both engines measure every .py file of the running interpreter's standard library,
 test suites included, site-packages excluded. Each difference must be listed in
-KNOWN_DIFFERENCES, the table that docs/metrics.md ("Rust core") reproduces.
+KNOWN_DIFFERENCES, which the table "Differences on the standard library" of
+docs/metrics.md reproduces.
 """
 
 from __future__ import annotations
