@@ -21,3 +21,5 @@ cleanup() {
 trap cleanup EXIT
 
 "$py" -m pytest -q -p no:cacheprovider "$@" tests/unit tests/integration
+(cd "$root" && node --test dashboard-node/test/e2e/browser.e2e.js)
+(cd "$root/dashboard-node" && npm test)

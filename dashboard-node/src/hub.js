@@ -1,8 +1,10 @@
 'use strict';
 // The fan-out hub: every update goes to the subscribers that asked for its
-// metric type, and the latest value of every series is kept for newcomers.
+// metric type, and the latest value of every series is kept for newcomers
+// (for a run, its most advanced update, as web/run_state.js defines it).
 
 const { BoundedQueue } = require('./ring');
+const { isStaleRunUpdate } = require('../web/run_state');
 
 const WIRE_JSON = Symbol('wireJson');
 
@@ -110,6 +112,9 @@ class Hub {
       }
       return;
     }
+    const previous = this.latest.get(update.key);
+    const isRunProgress = update.metric_type === 'run_progress' && previous?.run && update.run;
+    if (isRunProgress && isStaleRunUpdate(previous.run, update.run)) return;
     // Delete first so that Map order is recency and the oldest series goes first.
     this.latest.delete(update.key);
     this.latest.set(update.key, update);

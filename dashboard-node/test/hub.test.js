@@ -74,3 +74,39 @@ test('WebSocket encoding made once', () => {
   assert.equal(message.timestamp, '2023-11-14T22:13:20.123456Z');
   assert.equal(rfc3339(1700000000), '2023-11-14T22:13:20.000000Z');
 });
+
+function runUpdate(event, state, filesDone = 0, filesTotal = 0) {
+  const run = { run_id: 'r1', project_id: 'p1', state, files_done: filesDone, files_total: filesTotal, error: '' };
+  return { ...update('run_progress', 'run:r1', state === 'RUN_STATE_COMPLETED' ? 1 : 0), run, event };
+}
+
+test('snapshot ignores late run.queued', () => {
+  const hub = new Hub();
+  const delivered = [];
+  hub.subscribe(['run_progress'], (u) => delivered.push(u.event));
+  hub.publish(runUpdate('run.started', 'RUN_STATE_RUNNING'));
+  hub.publish(runUpdate('run.progress', 'RUN_STATE_RUNNING', 5, 5));
+  hub.publish(runUpdate('analysis.completed', 'RUN_STATE_COMPLETED', 5, 5));
+  hub.publish(runUpdate('run.queued', 'RUN_STATE_QUEUED'));
+  const [kept] = hub.snapshot(['run_progress']);
+  assert.equal(kept.event, 'analysis.completed');
+  assert.equal(kept.run.state, 'RUN_STATE_COMPLETED');
+  assert.deepEqual(delivered, ['run.started', 'run.progress', 'analysis.completed', 'run.queued']);
+});
+
+test('snapshot keeps highest files_done', () => {
+  const hub = new Hub();
+  hub.publish(runUpdate('run.queued', 'RUN_STATE_QUEUED'));
+  hub.publish(runUpdate('run.progress', 'RUN_STATE_RUNNING', 4, 9));
+  hub.publish(runUpdate('run.started', 'RUN_STATE_RUNNING'));
+  assert.equal(hub.snapshot()[0].run.files_done, 4);
+  hub.publish(runUpdate('run.progress', 'RUN_STATE_RUNNING', 9, 9));
+  assert.equal(hub.snapshot()[0].run.files_done, 9);
+});
+
+test('first final run state wins', () => {
+  const hub = new Hub();
+  hub.publish(runUpdate('analysis.failed', 'RUN_STATE_FAILED'));
+  hub.publish(runUpdate('analysis.completed', 'RUN_STATE_COMPLETED', 3, 3));
+  assert.equal(hub.snapshot()[0].run.state, 'RUN_STATE_FAILED');
+});

@@ -11,6 +11,7 @@ import {
   Tooltip,
 } from 'chart.js';
 import { createAcker } from './acker';
+import { isStaleRunUpdate } from './run_state';
 
 Chart.register(LineController, LineElement, PointElement, LinearScale, Legend, Tooltip);
 
@@ -120,6 +121,8 @@ function apply(update) {
   state.lastUpdate = time;
   switch (update.metric_type) {
     case 'run_progress': {
+      // A late run.queued or run.started stays in the event list but does not move the run back.
+      if (isStaleRunUpdate(state.runs.get(update.run.run_id), update.run)) break;
       state.runs.delete(update.run.run_id);
       state.runs.set(update.run.run_id, { ...update.run, value: update.value, time });
       if (state.runs.size > MAX_RUNS) state.runs.delete(state.runs.keys().next().value);
