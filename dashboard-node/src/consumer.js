@@ -134,7 +134,8 @@ class EventConsumer {
       channel.on('close', () => {
         if (!this.stopping && this.connection === connection) connection.close().catch(() => {});
       });
-      await channel.assertExchange(EXCHANGE, 'topic', { durable: true });
+      // Passive: the launcher declares the exchanges; this user may not create them.
+      await channel.checkExchange(EXCHANGE);
       await channel.assertQueue(this.queue, { durable: true, arguments: queueArguments(this.queue) });
       for (const key of this.bindingKeys) await channel.bindQueue(this.queue, EXCHANGE, key);
       await channel.prefetch(this.prefetch);

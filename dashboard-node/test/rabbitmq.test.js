@@ -121,7 +121,9 @@ test('RabbitMQ events reach both transports', { skip: !installed() && 'rabbitmq-
     const script = [
       'import asyncio, os, sys',
       'from aiswa_runtime import Broker',
+      'from aiswa_runtime._amqp import declare_topology',
       'async def main():',
+      '    await declare_topology(os.environ["URL"])',
       '    broker = Broker(os.environ["URL"], "reflector")',
       '    await broker.connect(timeout=20)',
       `    await broker.publish("aiswa.events", "analysis.completed", {"run_id": "${RUN}", "project_id": "${PROJECT}", "summary": {"files": 4, "functions": 9}})`,

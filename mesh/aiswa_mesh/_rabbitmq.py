@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,16 +106,15 @@ class RabbitMQ:
             f"see {self.layout.logs / 'rabbitmq.log'}"
         )
 
-    def ensure_user(self, user: str, password: str) -> None:
-        """Create ``user`` with access to the platform's vhost only; idempotent."""
+    def ensure_user(self, user: str, password: str, permissions: Permissions) -> None:
+        """Create ``user`` with ``permissions`` on the platform's vhost only; idempotent."""
         users = {line.split("\t")[0] for line in self.ctl("list_users").splitlines()}
         if user in users:
             self.ctl("change_password", user, password)
         else:
             self.ctl("add_user", user, password)
-        # TODO: narrow each service's permissions to its own exchanges and
-        # queues by regular expression; today every service may use the vhost.
-        self.ctl("set_permissions", "-p", self.vhost, user, ".*", ".*", ".*")
+        self.ctl("set_permissions", "-p", self.vhost, user, permissions.configure,
+                 permissions.write, permissions.read)
 
     def ensure_vhost(self) -> None:
         vhosts = set(self.ctl("list_vhosts").split())
@@ -123,3 +124,45 @@ class RabbitMQ:
         if "guest" in users:
             self.ctl("delete_user", "guest")
         self.ctl("set_permissions", "-p", self.vhost, "aiswa-admin", ".*", ".*", ".*")
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """RabbitMQ's three permission patterns of one user (regular expressions)."""
+
+    configure: str
+    write: str
+    read: str
+
+
+def _pattern(names: Iterable[str]) -> str:
+    names = sorted(set(names))
+    # "^$" matches no resource name: RabbitMQ's way to grant nothing.
+    return "^(" + "|".join(re.escape(name) for name in names) + ")$" if names else "^$"
+
+
+def service_permissions(topology: dict, service: str, dead_letter_exchange: str) -> Permissions:
+    """Return the least permissions with which ``service`` can do its work.
+
+    Following RabbitMQ's access control table: declaring a queue with a
+    dead-letter exchange needs configure and read on the queue and write on
+    that exchange; binding it needs write on the queue and read on the source
+    exchange; publishing needs write on the exchange; consuming needs read on
+    the queue. Exchanges are declared by the launcher, and a service checks
+    them passively, which needs no permission. So a service can consume only
+    its own queues and cannot create, delete or bind anything else.
+    """
+    queues = topology["queues"]
+    workload = topology["workloads"][service]
+    consumed = list(workload.get("consumes", []))
+    published = {queues[name]["exchange"] for name in workload.get("publishes", [])}
+    written = {*consumed, *published}
+    if workload.get("language") == "python":
+        # aiswa_runtime's ServiceReporter publishes metrics and denials as events.
+        written.add("aiswa.events")
+    # A consumer dead-letters poison messages itself.
+    if consumed:
+        written.add(dead_letter_exchange)
+    bound_from = {queues[name]["exchange"] for name in consumed}
+    return Permissions(configure=_pattern(consumed), write=_pattern(written),
+                       read=_pattern([*consumed, *bound_from]))

@@ -8,21 +8,25 @@ creates lives under the state folder (``.state/`` in the checkout, or
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
 import os
 import subprocess
 import sys
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aiswa_runtime import load_topology
+from aiswa_runtime._amqp import DEAD_LETTER_EXCHANGE, declare_topology
 
 from ._mesh import Mesh
 from ._postgres import Postgres
-from ._rabbitmq import RabbitMQ
+from ._rabbitmq import RabbitMQ, service_permissions
 from ._state import ROOT, StateLayout, default_layout, is_root
 from ._supervisor import Program, Supervisor, render_config
 
@@ -250,13 +254,24 @@ class Platform:
                     lambda: _wait_http(f"http://127.0.0.1:{ports.admin}/ready"))
 
     def _configure_rabbitmq(self) -> None:
+        """Create the users with their least permissions and declare the topology."""
         marker = self.layout.rabbitmq / ".configured"
-        expected = ",".join(SERVICES)
-        if marker.exists() and marker.read_text() == expected:
-            return
-        self.rabbitmq.ensure_vhost()
-        for name in SERVICES:
-            self.rabbitmq.ensure_user(name, self.layout.secret(f"rabbitmq-{name}"))
+        permissions = {name: service_permissions(self.topology, name, DEAD_LETTER_EXCHANGE)
+                       for name in SERVICES}
+        expected = json.dumps({"permissions": {name: list(astuple(value))
+                                               for name, value in permissions.items()},
+                               "queues": self.topology["queues"]}, sort_keys=True)
+        if not (marker.exists() and marker.read_text() == expected):
+            self.rabbitmq.ensure_vhost()
+            for name in SERVICES:
+                self.rabbitmq.ensure_user(name, self.layout.secret(f"rabbitmq-{name}"),
+                                          permissions[name])
+        infra = self.topology["infrastructure"]["rabbitmq"]
+        admin_url = (f"amqp://aiswa-admin:{self.layout.secret('rabbitmq-admin')}"
+                     f"@127.0.0.1:{infra['amqp_port']}/{infra['vhost']}")
+        # Services may not create exchanges or other services' queues, so the
+        # operator declares them all before any service starts.
+        asyncio.run(declare_topology(admin_url))
         marker.write_text(expected)
 
     def _migrate(self, name: str) -> None:

@@ -127,6 +127,11 @@ async function startRabbitMQ({ timeoutMs = 90000 } = {}) {
     if (server.exitCode !== null) break;
     try {
       const connection = await amqp.connect(url, { timeout: 2000 });
+      // The platform's launcher declares the exchanges before any service
+      // starts, and the dashboard only checks that aiswa.events exists.
+      const channel = await connection.createChannel();
+      await channel.assertExchange('aiswa.events', 'topic', { durable: true });
+      await channel.assertExchange('aiswa.dlx', 'direct', { durable: true });
       await connection.close();
       return { url, vhost, amqpPort, stop, logFile, ctl: (...args) => ctl(env, args) };
     } catch (error) {

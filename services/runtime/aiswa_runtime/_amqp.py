@@ -36,12 +36,25 @@ def queue_arguments(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+async def declare_topology(url: str) -> None:
+    """Declare every exchange, quorum queue and dead-letter queue of the topology.
+
+    The launcher runs this with the RabbitMQ administrator's credentials
+    before any service starts, so that no published message is unroutable
+    whatever the start order. Services may not create exchanges: each one only
+    checks the exchanges and declares the queues that it consumes (see
+    :meth:`Broker.connect`), which its narrowed permissions allow.
+    """
+    connection = await aio_pika.connect(url, timeout=10)
+    async with connection:
+        await Broker.declare_topology(await connection.channel())
+
+
 class Broker:
     """A robust connection to RabbitMQ with publisher confirms and the platform's queues.
 
-    Every service declares the whole topology (exchanges, quorum queues and
-    their dead-letter queues) with the same arguments, so start order does not
-    matter and no published task is unroutable.
+    The launcher declares the topology (:func:`declare_topology`); a service
+    checks the exchanges and declares only the queues it consumes.
     """
 
     def __init__(self, url: str, service: str) -> None:
@@ -71,8 +84,31 @@ class Broker:
                 log.warning("RabbitMQ not reachable yet; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)
         self._channel = await self.connection.channel(publisher_confirms=True)
-        await self.declare_topology(self._channel)
+        await self._check_topology(self._channel)
         log.info("connected to RabbitMQ", extra={"service": self._service})
+
+    async def _check_topology(self, channel: AbstractRobustChannel) -> None:
+        """Check the exchanges exist and declare this service's own queues, idempotently."""
+        topology = load_topology()
+        exchanges = {DEAD_LETTER_EXCHANGE, "aiswa.events",
+                     *(spec["exchange"] for spec in topology["queues"].values())}
+        for name in sorted(exchanges):
+            try:
+                # Passive: services have no permission to create exchanges.
+                await channel.declare_exchange(name, passive=True)
+            except aio_pika.exceptions.ChannelClosed as exc:
+                raise ConnectionError(
+                    f"{self._service}: exchange {name!r} is missing from RabbitMQ ({exc}); the "
+                    "launcher declares the topology at `make up`, or call "
+                    "aiswa_runtime._amqp.declare_topology(ADMIN_URL)") from None
+        workload = topology.get("workloads", {}).get(self._service, {})
+        for name in workload.get("consumes", []):
+            spec = topology["queues"][name]
+            queue = await channel.declare_queue(name, durable=True,
+                                                arguments=queue_arguments(name, spec))
+            exchange = await channel.get_exchange(spec["exchange"], ensure=False)
+            for key in spec.get("binding_keys", [spec.get("routing_key", name)]):
+                await queue.bind(exchange, routing_key=key)
 
     @staticmethod
     async def declare_topology(channel: AbstractRobustChannel) -> None:

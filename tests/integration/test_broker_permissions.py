@@ -1,0 +1,89 @@
+"""Each service's RabbitMQ user reaches only the queues and exchanges the topology gives it.
+
+The launcher sets the permissions (aiswa_mesh._rabbitmq.service_permissions);
+these tests log in with each service's own password and try what another
+service may do.
+"""
+
+from __future__ import annotations
+
+import aio_pika
+import pytest
+from aiormq.exceptions import ChannelAccessRefused
+
+from aiswa_mesh._rabbitmq import service_permissions
+
+
+def _url(layout, topology, service: str) -> str:
+    rabbit = topology["infrastructure"]["rabbitmq"]
+    password = (layout.secrets / f"rabbitmq-{service}").read_text().strip()
+    return f"amqp://{service}:{password}@127.0.0.1:{rabbit['amqp_port']}/{rabbit['vhost']}"
+
+
+async def _refused(url: str, action) -> str:  # type: ignore[no-untyped-def]
+    """Run ``action(channel)`` and return the broker's refusal, or fail if it was allowed."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        with pytest.raises(ChannelAccessRefused) as refusal:
+            await action(channel)
+    return str(refusal.value)
+
+
+async def _ignore(message) -> None:  # type: ignore[no-untyped-def]
+    """Consumer callback of the tests, which only check whether consuming is allowed."""
+
+
+async def _consume_one(channel, name: str) -> None:  # type: ignore[no-untyped-def]
+    queue = await channel.declare_queue(name, passive=True)
+    await queue.consume(_ignore)
+
+
+@pytest.mark.parametrize(("service", "queue"), [
+    ("reflector", "vision.analysis"),
+    ("vision", "reflector.analyze"),
+    ("projects", "reflector.analyze"),
+    ("users", "projects.events"),
+    ("dashboard", "reflector.analyze.dlq"),
+])
+async def test_service_cannot_consume_other_queue(layout, topology, service, queue):
+    reason = await _refused(_url(layout, topology, service),
+                            lambda channel: _consume_one(channel, queue))
+    assert f"queue '{queue}'" in reason
+    assert f"user '{service}'" in reason
+
+
+async def test_service_consumes_its_own_queue(layout, topology):
+    connection = await aio_pika.connect(_url(layout, topology, "vision"))
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("vision.analysis", passive=True)
+        tag = await queue.consume(_ignore)
+        assert tag
+        await queue.cancel(tag)
+
+
+async def test_only_projects_publishes_tasks(layout, topology):
+    async def publish_task(channel) -> None:  # type: ignore[no-untyped-def]
+        exchange = await channel.get_exchange("aiswa.tasks", ensure=False)
+        await exchange.publish(aio_pika.Message(b"{}"), routing_key="reflector.analyze")
+        # A refused publish closes the channel; the next call reports it.
+        await channel.declare_queue("reflector.analyze", passive=True)
+
+    reason = await _refused(_url(layout, topology, "vision"), publish_task)
+    assert "exchange 'aiswa.tasks'" in reason
+
+
+async def test_service_cannot_create_exchange(layout, topology):
+    reason = await _refused(
+        _url(layout, topology, "projects"),
+        lambda channel: channel.declare_exchange("aiswa.rogue", aio_pika.ExchangeType.FANOUT))
+    assert "exchange 'aiswa.rogue'" in reason
+
+
+def test_permissions_follow_topology(topology):
+    reflector = service_permissions(topology, "reflector", "aiswa.dlx")
+    assert reflector.configure == r"^(reflector\.analyze)$"
+    assert reflector.read == r"^(aiswa\.tasks|reflector\.analyze)$"
+    users = service_permissions(topology, "users", "aiswa.dlx")
+    assert (users.configure, users.read) == ("^$", "^$")
