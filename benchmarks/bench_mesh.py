@@ -1,0 +1,356 @@
+"""Measure the latency that the mesh adds to one service-to-service call (one hop).
+
+One hop is reflector calling projects' GetProject, as on the platform. Each
+path below calls the same grpc.aio app, in a process of its own, at the same
+fixed request rate:
+
+- direct: a plaintext call to the app's port, with no authorization.
+- sidecars: through reflector's outbound sidecar and projects' inbound sidecar
+  (two real Envoys, mTLS, RBAC on the peer identity) to the same app, still
+  with no authorization.
+- mesh: the same two sidecars to an app that runs the runtime's
+  AuthorizationInterceptor, which asks a real OPA serving policies/rego/ about
+  every call. This is what every call on the platform goes through.
+- opa: the interceptor's decision alone (an HTTP POST to the local OPA), timed
+  in this process.
+
+Sidecars and OPA run with the same commands as under `make up`
+(aiswa_mesh.envoy_sidecar.sidecar_command, aiswa_mesh._mesh.opa_command), with
+certificates from a throwaway CA (aiswa_mesh.localca) on free loopback ports.
+It needs no running platform. The paths take turns in short rounds, so that
+other load on the machine affects all of them alike. Run from the repository
+root after `make setup`:
+
+    .state/venv/bin/python benchmarks/bench_mesh.py
+
+It prints a table and writes the figures to .state/bench/mesh.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import grpc
+import httpx
+import yaml
+
+from aiswa_mesh._mesh import opa_command
+from aiswa_mesh.envoy_sidecar import (
+    envoy_binary,
+    identity_dns,
+    sidecar_command,
+    write_certs_atomically,
+    write_sidecar_config,
+)
+from aiswa_mesh.localca import CertificateAuthority, free_port
+from aiswa_runtime._authz import CALLER_HEADER, AuthorizationInterceptor
+
+ROOT = Path(__file__).resolve().parent.parent
+OPA = ROOT / ".state" / "tools" / "go" / "bin" / "opa"
+METHOD = "/aiswa.projects.v1.ProjectsService/GetProject"
+SERVICE, NAME = METHOD.strip("/").split("/")
+NAMESPACE = "aiswa"
+READY_LINE = "bench app ready"
+
+
+# --- the app, in its own process -------------------------------------------------
+
+
+async def _serve(plain_port: int, authz_port: int, opa_url: str) -> None:
+    async def get_project(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE, {NAME: grpc.unary_unary_rpc_method_handler(get_project)})
+    authz = AuthorizationInterceptor("projects", opa_url)
+    plain = grpc.aio.server()
+    guarded = grpc.aio.server(interceptors=[authz])
+    for server, port in ((plain, plain_port), (guarded, authz_port)):
+        server.add_generic_rpc_handlers([handler])
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+    print(READY_LINE, flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    for server in (plain, guarded):
+        await server.stop(grace=None)
+    await authz.aclose()
+
+
+# --- processes -------------------------------------------------------------------
+
+
+class Processes:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, command: list[str], **kwargs) -> subprocess.Popen[bytes]:
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=kwargs.pop("stdout", log),
+                                   stderr=log, start_new_session=True, **kwargs)
+        self.running.append((name, process))
+        return process
+
+    def check(self) -> None:
+        for name, process in self.running:
+            if process.poll() is not None:
+                log = (self.folder / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with code {process.returncode}:\n{log}")
+
+    def stop(self) -> None:
+        for _, process in self.running:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for _, process in self.running:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+async def _wait_http(url: str, processes: Processes, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=1) as client:
+        while time.monotonic() < deadline:
+            processes.check()
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer 200 at {url} within {timeout:.0f} s")
+
+
+class Bed:
+    """The app, OPA and two pairs of sidecars on free loopback ports."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.processes = Processes(folder)
+        self.ports: dict[str, int] = {}
+        self.opa_url = ""
+
+    async def start(self) -> None:
+        topology = yaml.safe_load((ROOT / "mesh" / "topology.yaml").read_text())
+        topology = copy.deepcopy(topology)
+        for workload in topology["workloads"].values():
+            workload["port"] = None
+        ca = CertificateAuthority("aiswa bench mesh root")
+
+        opa_port = free_port()
+        self.opa_url = f"http://127.0.0.1:{opa_port}"
+        self.processes.start("opa", opa_command(str(OPA), ("127.0.0.1", opa_port)))
+        await _wait_http(f"{self.opa_url}/health", self.processes, "OPA")
+
+        plain_port, authz_port = free_port(), free_port()
+        app = self.processes.start(
+            "app", [sys.executable, __file__, "serve", str(plain_port), str(authz_port),
+                    self.opa_url], stdout=subprocess.PIPE)
+        assert app.stdout is not None
+        line = await asyncio.to_thread(app.stdout.readline)
+        if line.decode().strip() != READY_LINE:
+            self.processes.check()
+            raise RuntimeError(f"the bench app printed {line!r} instead of {READY_LINE!r}")
+        self.ports["direct"] = plain_port
+
+        admins = []
+        for path, app_port in (("sidecars", plain_port), ("mesh", authz_port)):
+            inbound, outbound = free_port(), free_port()
+            for workload, inbound_side, upstreams in (
+                ("projects", (("127.0.0.1", inbound), ("127.0.0.1", app_port)), {}),
+                # Reflector's own inbound side is not called here.
+                ("reflector", (("127.0.0.1", free_port()), ("127.0.0.1", plain_port)),
+                 {"projects": ("127.0.0.1", inbound, outbound)}),
+            ):
+                folder = self.folder / f"{path}-{workload}"
+                folder.mkdir()
+                credentials = ca.issue(workload, NAMESPACE)
+                certs = folder / "certs"
+                write_certs_atomically(certs, credentials.cert_pem, credentials.key_pem, ca.cert_pem)
+                admin = free_port()
+                config = write_sidecar_config(
+                    topology, workload, path=folder / "sidecar.yaml",
+                    inbound=inbound_side[0], app=inbound_side[1], upstreams=upstreams,
+                    certs_dir=certs, admin=("127.0.0.1", admin), access_log=folder / "access.log")
+                self.processes.start(f"{path}-{workload}",
+                                     sidecar_command(config, log_path=folder / "envoy.log"))
+                admins.append(admin)
+            self.ports[path] = outbound
+        for admin in admins:
+            await _wait_http(f"http://127.0.0.1:{admin}/ready", self.processes, "a sidecar")
+
+    def stop(self) -> None:
+        self.processes.stop()
+
+
+# --- measuring -------------------------------------------------------------------
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+async def _paced(call, rate: float, count: int) -> tuple[list[float], list[BaseException]]:
+    """Start ``count`` calls at ``rate`` per second, on schedule.
+
+    Return the latency in ms of each call that succeeded, and the errors.
+    """
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+
+    async def one() -> None:
+        started = time.perf_counter()
+        try:
+            await call()
+        except Exception as exc:  # noqa: BLE001 - counted and reported below
+            errors.append(exc)
+            return
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    tasks = []
+    begin = time.perf_counter()
+    for index in range(count):
+        delay = begin + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+async def measure(bed: Bed, rate: float, count: int,
+                  rounds: int) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
+    """Return the latencies in ms and the errors of every path."""
+    samples: dict[str, list[float]] = {path: [] for path in ("direct", "sidecars", "mesh", "opa")}
+    failures: dict[str, list[str]] = {path: [] for path in samples}
+    channels = {path: grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+                for path, port in bed.ports.items()}
+    stubs = {path: channel.unary_unary(METHOD) for path, channel in channels.items()}
+    decider = AuthorizationInterceptor("projects", bed.opa_url)
+    caller = identity_dns("reflector", NAMESPACE)
+    metadata = ((CALLER_HEADER, caller),)
+
+    async def decide() -> None:
+        decision = await decider.decide(METHOD, caller, metadata, timeout=1.0)
+        if not decision.allow:
+            raise RuntimeError(f"OPA denied the benchmark call: {decision.reason}")
+
+    def caller_of(path: str):
+        if path == "opa":
+            return decide
+        return lambda: stubs[path](b"x" * 16, timeout=2.0)
+
+    try:
+        # Warm up: connections, TLS sessions and OPA's compiled query.
+        for path in samples:
+            await _paced(caller_of(path), rate, min(count, 200))
+        for _ in range(rounds):
+            for path in samples:
+                latencies, errors = await _paced(caller_of(path), rate, count)
+                samples[path] += latencies
+                failures[path] += [repr(error) for error in errors]
+    finally:
+        for channel in channels.values():
+            await channel.close()
+        await decider.aclose()
+    return samples, failures
+
+
+def _summary(samples: dict[str, list[float]], failures: dict[str, list[str]], rate: float) -> dict:
+    figures = {}
+    for path, values in samples.items():
+        ordered = sorted(values)
+        # A failed call has no latency; it is counted instead, with its first error.
+        figures[path] = {"calls": len(ordered) + len(failures[path]),
+                         "failed": len(failures[path]),
+                         "first_error": failures[path][0] if failures[path] else None,
+                         "p50_ms": _percentile(ordered, 0.50),
+                         "p99_ms": _percentile(ordered, 0.99)}
+    direct = figures["direct"]
+    added = {
+        path: {"p50_ms": figures[path]["p50_ms"] - direct["p50_ms"],
+               "p99_ms": figures[path]["p99_ms"] - direct["p99_ms"]}
+        for path in ("sidecars", "mesh")
+    }
+    return {
+        "benchmark": "mesh hop latency",
+        "method": METHOD,
+        "caller": "reflector",
+        "destination": "projects",
+        "rate_per_second": rate,
+        "latency": figures,
+        "added_per_hop": added,
+        "goal_added_per_hop": {"p50_ms": 0.8, "p99_ms": 1.2},
+        "meets_goal": (added["mesh"]["p50_ms"] <= 0.8 and added["mesh"]["p99_ms"] <= 1.2
+                       and figures["mesh"]["failed"] == 0),
+        "envoy": str(envoy_binary()),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _table(result: dict) -> str:
+    rows = [f"mesh hop latency, {result['method']} at {result['rate_per_second']:.0f} calls/s",
+            f"{'path':<10} {'calls':>6} {'failed':>6} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8}"]
+    for path, figures in result["latency"].items():
+        added = result["added_per_hop"].get(path)
+        extra = (f"{added['p50_ms']:>8.3f} {added['p99_ms']:>8.3f}" if added
+                 else f"{'':>8} {'':>8}")
+        rows.append(f"{path:<10} {figures['calls']:>6} {figures['failed']:>6} {figures['p50_ms']:>8.3f} "
+                    f"{figures['p99_ms']:>8.3f} {extra}")
+    goal = result["goal_added_per_hop"]
+    rows.append(f"goal for mesh: at most +{goal['p50_ms']} ms p50 and +{goal['p99_ms']} ms p99 "
+                f"per hop; met: {'yes' if result['meets_goal'] else 'no'}")
+    return "\n".join(rows)
+
+
+async def _main(args: argparse.Namespace) -> None:
+    if not OPA.exists():
+        raise SystemExit(f"OPA is missing at {OPA}; run `make setup` first")
+    with tempfile.TemporaryDirectory(prefix="aiswa-bench-mesh-") as folder:
+        bed = Bed(Path(folder))
+        try:
+            await bed.start()
+            samples, failures = await measure(bed, args.rate, args.calls, args.rounds)
+        finally:
+            bed.stop()
+    result = _summary(samples, failures, args.rate)
+    out = ROOT / ".state" / "bench" / "mesh.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(_table(result))
+    print(f"figures written to {out}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        plain, authz, opa_url = sys.argv[2:5]
+        asyncio.run(_serve(int(plain), int(authz), opa_url))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="calls per second (200)")
+    parser.add_argument("--calls", type=int, default=500, help="calls per path per round (500)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds (6)")
+    asyncio.run(_main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
