@@ -5,13 +5,14 @@ STATE := $(ROOT)/.state
 PY := $(STATE)/venv/bin/python
 LAUNCHER := $(PY) -m aiswa_mesh.launcher
 
-.PHONY: help setup lock up down status logs demo test test-unit clean
+.PHONY: help setup lock up down status logs demo test test-unit bench clean
 
 help:
 	@echo "make demo    start the platform and analyse a standard-library package"
 	@echo "make test    run the whole test suite (starts the platform, stops it after)"
 	@echo "make setup   install system packages, the Python environment, generated code"
 	@echo "make up | down | status | logs   run the platform under supervisord"
+	@echo "make bench   run every benchmarks/bench_*.py and print its table (not a test)"
 
 setup:
 	@bash scripts/setup.sh
@@ -39,6 +40,9 @@ test: setup
 
 test-unit: setup
 	@$(PY) -m pytest -q tests/unit
+
+bench: setup
+	@bash scripts/bench.sh
 
 clean: down
 	@# The PostgreSQL data may live outside the checkout (see mesh/aiswa_mesh/_postgres.py).
