@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -25,15 +26,17 @@ from aiswa_runtime import (
 )
 from aiswa_runtime.archive import ArchiveLimits
 
-from ._analysis import analyzer
+from ._analysis import analyzer, engine_name
 from ._servicer import ReflectorServicer
 from ._worker import Worker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
 
 
 async def serve(config: ServiceConfig) -> None:
     service = Service(config)
+    log.info("metrics engine selected", extra={"engine": engine_name()})
     pool = await open_pool(config.require_database())
     service.on_shutdown(pool.close)
     broker = Broker(config.require_amqp(), config.service)
