@@ -12,7 +12,7 @@ help:
 	@echo "make test    run the whole test suite (starts the platform, stops it after)"
 	@echo "make setup   install system packages, the Python environment, generated code"
 	@echo "make up | down | status | logs   run the platform under supervisord"
-	@echo "make bench   run every benchmarks/bench_*.py and print its table (not a test)"
+	@echo "make bench   run the benchmarks (engines, mesh latency, dashboard fan-out; not tests)"
 
 setup:
 	@bash scripts/setup.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run every benchmarks/bench_*.py with the project's Python, one after the other,
-# and stop at the first that fails. Each prints its own table.
+# Run every benchmarks/bench_*.py with the project's Python, then the dashboard's
+# Node.js benchmark, one after the other, and stop at the first that fails.
+# Each prints its own table and writes its figures to .state/bench/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -20,3 +21,10 @@ for benchmark in "${benchmarks[@]}"; do
   fi
   echo
 done
+
+# The dashboard's fan-out benchmark is Node.js; it starts its own RabbitMQ.
+echo "bench: dashboard-node/bench/ws_fanout.js"
+if ! (cd "$root/dashboard-node" && node bench/ws_fanout.js); then
+  echo "bench: dashboard-node/bench/ws_fanout.js failed" >&2
+  exit 1
+fi
