@@ -35,6 +35,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     print(f"  mean / max complexity {summary['mean_cyclomatic_complexity']:.2f} / "
           f"{summary['max_cyclomatic_complexity']}")
     print(f"  mean maintainability  {summary['mean_maintainability_index']:.1f}")
+    print(f"  duplicated code       {summary.get('duplicates', 0)} pairs of ranges")
     functions = [(fn, f["path"]) for f in report["files"] for fn in f["functions"]]
     functions.sort(key=lambda pair: -pair[0]["cyclomatic_complexity"])
     if functions:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import tarfile
 
 from radon.complexity import cc_visit
 from radon.visitors import Class
 
-from conftest import ROOT, STDLIB, python_files
+from conftest import ROOT, STDLIB, python_files, wait_run
 
 
 def _radon_complexities(package):
@@ -89,3 +91,28 @@ def test_report_and_roadmap_commands(admin, layout, gateway_url, ca_cert, tmp_pa
                                         check=True).stdout)
     assert roadmap["run_id"] == run_id
     assert roadmap == analyzed["roadmap"]
+
+
+def test_report_lists_duplicated_code(admin, project):
+    # One real module twice under two names, plus a file with nothing in common.
+    original = (STDLIB / "json" / "decoder.py").read_bytes()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, content in (("pkg/decoder.py", original), ("pkg/copy_of_decoder.py", original),
+                              ("pkg/other.py", b"x = 1\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    uploaded = admin.upload(project["project_id"], "dup.tar.gz", buffer.getvalue())
+    run = wait_run(admin, admin.start_run(project["project_id"], uploaded["archive_id"])["run_id"])
+    assert run["state"] == "RUN_STATE_COMPLETED"
+
+    report = admin.report(run["run_id"])
+    lines = original.count(b"\n")
+    assert report["summary"]["duplicates"] == 1
+    assert report["duplicates"] == [{
+        "path_a": "pkg/copy_of_decoder.py", "line_start_a": 1, "line_end_a": lines,
+        "path_b": "pkg/decoder.py", "line_start_b": 1, "line_end_b": lines,
+        "tokens": report["duplicates"][0]["tokens"],
+    }]
+    assert report["duplicates"][0]["tokens"] > 1000

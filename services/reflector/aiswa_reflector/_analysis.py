@@ -8,6 +8,8 @@ from typing import Any
 
 from aiswa_runtime.archive import ArchiveLimits, iter_files
 
+from .duplicates import Duplicate
+from .duplicates import find_duplicates as reference_duplicates
 from .metrics import FileMetrics, FunctionMetrics, analyze_source
 
 Analyzer = Callable[[str, bytes], FileMetrics]
@@ -76,6 +78,23 @@ def analyzer() -> Analyzer:
     )
 
 
+# Shortest token sequence that counts as duplicated code.
+DUPLICATE_MIN_TOKENS = 50
+
+
+def find_duplicates(files: list[tuple[str, bytes]]) -> list[Duplicate]:
+    """Find duplicated code across ``files`` with the selected engine.
+
+    Both engines return the same pairs in the same order (tests/unit/test_duplicates.py).
+    """
+    if engine_name() == "rust":
+        import aiswa_core
+
+        return [Duplicate(*found)
+                for found in aiswa_core.find_duplicates(files, min_tokens=DUPLICATE_MIN_TOKENS)]
+    return reference_duplicates(files, min_tokens=DUPLICATE_MIN_TOKENS)
+
+
 def python_sources(archive: bytes, limits: ArchiveLimits) -> list[tuple[str, bytes]]:
     """Return the archive's Python files, sorted by path."""
     return sorted(
@@ -90,7 +109,7 @@ def analyze_batch(files: Iterable[tuple[str, bytes]], analyze: Analyzer) -> list
     return [analyze(path, content) for path, content in files]
 
 
-def summarize(results: list[FileMetrics]) -> dict[str, Any]:
+def summarize(results: list[FileMetrics], duplicates: int = 0) -> dict[str, Any]:
     parsed = [result for result in results if not result.error]
     complexities = [f.cyclomatic_complexity for r in parsed for f in r.functions]
     return {
@@ -103,6 +122,7 @@ def summarize(results: list[FileMetrics]) -> dict[str, Any]:
         "mean_maintainability_index": (
             round(fmean(r.maintainability_index for r in parsed), 3) if parsed else 0.0
         ),
+        "duplicates": duplicates,
     }
 
 

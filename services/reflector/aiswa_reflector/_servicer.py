@@ -57,6 +57,11 @@ class ReflectorServicer(reflector_pb2_grpc.ReflectorServiceServicer):
             functions = await (await conn.execute(
                 "SELECT * FROM functions WHERE run_id = %s ORDER BY path, line_start", (run_id,)
             )).fetchall()
+            duplicates = await (await conn.execute(
+                "SELECT path_a, line_start_a, line_end_a, path_b, line_start_b, line_end_b,"
+                " tokens FROM duplicates WHERE run_id = %s"
+                " ORDER BY path_b, line_start_b, path_a, line_start_a", (run_id,)
+            )).fetchall()
         by_path: dict[str, list[reflector_pb2.FunctionMetrics]] = {}
         for row in functions:
             by_path.setdefault(row["path"], []).append(reflector_pb2.FunctionMetrics(
@@ -80,6 +85,7 @@ class ReflectorServicer(reflector_pb2_grpc.ReflectorServiceServicer):
                 )
                 for row in files
             ],
+            duplicates=[reflector_pb2.Duplicate(**row) for row in duplicates],
         )
         message.completed_at.FromDatetime(report["completed_at"])
         return message

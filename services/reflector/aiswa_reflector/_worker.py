@@ -19,10 +19,12 @@ from ._analysis import (
     analyzer,
     engine_name,
     file_row,
+    find_duplicates,
     function_rows,
     python_sources,
     summarize,
 )
+from .duplicates import Duplicate
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,9 @@ class Worker:
                 "run_id": run_id, "project_id": project_id,
                 "files_done": len(results), "files_total": len(sources),
             })
-        summary = summarize(results)
-        await self._store(run_id, project_id, results, summary)
+        duplicates = await asyncio.to_thread(find_duplicates, sources)
+        summary = summarize(results, len(duplicates))
+        await self._store(run_id, project_id, results, duplicates, summary)
         log.info("run analysed", extra={"run_id": run_id, **summary})
         await self._publish_completed(run_id, project_id, summary)
 
@@ -111,7 +114,8 @@ class Worker:
             )).fetchone()
         return row["summary"] if row else None
 
-    async def _store(self, run_id: str, project_id: str, results: list, summary: dict[str, Any]) -> None:
+    async def _store(self, run_id: str, project_id: str, results: list,
+                     duplicates: list[Duplicate], summary: dict[str, Any]) -> None:
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO reports (run_id, project_id, engine, summary) VALUES (%s, %s, %s, %s)",
@@ -131,6 +135,12 @@ class Worker:
                     for result in results:
                         for row in function_rows(run_id, result):
                             await copy.write_row(row)
+                async with cursor.copy(
+                    "COPY duplicates (run_id, path_a, line_start_a, line_end_a, path_b,"
+                    " line_start_b, line_end_b, tokens) FROM STDIN"
+                ) as copy:
+                    for duplicate in duplicates:
+                        await copy.write_row((run_id, *duplicate))
 
     async def _publish_completed(self, run_id: str, project_id: str, summary: dict[str, Any]) -> None:
         await self._broker.publish(
