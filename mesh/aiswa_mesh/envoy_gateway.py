@@ -601,10 +601,21 @@ def _workload_cluster(name: str, host: str, port: int) -> dict:
                 "explicit_http_config": {"http2_protocol_options": {}},
             },
         },
-        # Bound what one slow workload can queue at the gateway: past these
-        # limits Envoy returns 503 at once instead of adding latency for all.
-        # NOTE: the numbers are estimates for one Python process per workload,
-        # not measured limits.
+        **_failure_limits(),
+    }
+
+
+def _failure_limits() -> dict:
+    """Return the circuit breakers and outlier detection of a cluster that reaches a workload.
+
+    Past the thresholds Envoy fails a call at once with 503 (UNAVAILABLE for
+    gRPC), which the runtime's breaker and retries already handle, instead of
+    letting calls pile up behind one slow workload. The gateway and every
+    sidecar use the same limits.
+    NOTE: the numbers are estimates for one Python process per workload, not
+    measured limits.
+    """
+    return {
         "circuit_breakers": {
             "thresholds": [{
                 "priority": "DEFAULT",
@@ -614,9 +625,12 @@ def _workload_cluster(name: str, host: str, port: int) -> dict:
                 "max_retries": 3,
             }],
         },
-        # Eject an endpoint that keeps failing so that calls go to healthy
-        # replicas. With one endpoint, the panic threshold (50 % by default)
-        # still sends calls to it, so ejection matters only with replicas.
+        # Eject an endpoint that keeps failing, so that calls go to healthy
+        # replicas. Envoy's router counts connect failures and 5xx responses,
+        # and maps a grpc-status in the response headers to HTTP first
+        # (UNAVAILABLE as 503). With one endpoint the panic threshold (50 % by
+        # default) still sends calls to it, so ejection matters only once a
+        # workload has replicas.
         "outlier_detection": {
             "consecutive_5xx": 5,
             "consecutive_gateway_failure": 5,

@@ -39,7 +39,13 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .envoy_gateway import _TYPE_PREFIX, _endpoint, _socket_address, envoy_binary
+from .envoy_gateway import (
+    _TYPE_PREFIX,
+    _endpoint,
+    _failure_limits,
+    _socket_address,
+    envoy_binary,
+)
 
 GATEWAY = "gateway"
 # The header that the service runtime reads the caller's identity from.
@@ -631,38 +637,7 @@ def _outbound_cluster(namespace: str, upstream: str, address: Upstream, sds_dir:
                 },
             },
         },
-        # Bound what one slow upstream can queue in this sidecar: past these
-        # limits Envoy fails the call at once with 503 (UNAVAILABLE for gRPC),
-        # which the runtime's breaker and retries already handle, instead of
-        # letting calls pile up behind it.
-        # NOTE: the numbers are estimates for one Python process per workload,
-        # not measured limits.
-        "circuit_breakers": {
-            "thresholds": [{
-                "priority": "DEFAULT",
-                "max_connections": 64,
-                "max_pending_requests": 128,
-                "max_requests": 256,
-                "max_retries": 3,
-            }],
-        },
-        # Eject an endpoint that keeps failing, so that calls go to healthy
-        # replicas. Envoy's router counts connect failures and 5xx responses,
-        # and maps a grpc-status in the response headers to HTTP first
-        # (UNAVAILABLE as 503). With one endpoint the panic threshold (50 % by
-        # default) still sends calls to it, so ejection matters only once an
-        # upstream has replicas.
-        "outlier_detection": {
-            "consecutive_5xx": 5,
-            "consecutive_gateway_failure": 5,
-            # Envoy detects gateway failures (502, 503, 504) but enforces
-            # nothing for them unless this is set (default 0 %).
-            "enforcing_consecutive_gateway_failure": 100,
-            "interval": "10s",
-            "base_ejection_time": "30s",
-            # Keep at least half of an upstream's endpoints (Envoy's default is 10 %).
-            "max_ejection_percent": 50,
-        },
+        **_failure_limits(),
     }
 
 
