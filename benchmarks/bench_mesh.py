@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import os
 import platform
@@ -123,7 +122,7 @@ class Processes:
                 process.wait()
 
 
-async def _wait_http(url: str, processes: Processes, what: str, timeout: float = 30) -> None:
+async def _wait_http(url: str, processes: Processes, name: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=1) as client:
         while time.monotonic() < deadline:
@@ -134,7 +133,8 @@ async def _wait_http(url: str, processes: Processes, what: str, timeout: float =
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.1)
-    raise RuntimeError(f"{what} did not answer 200 at {url} within {timeout:.0f} s")
+    raise RuntimeError(f"{name} did not return HTTP 200 at {url} within {timeout:.0f} s; "
+                       f"see the logs in {processes.folder}")
 
 
 class Bed:
@@ -148,7 +148,6 @@ class Bed:
 
     async def start(self) -> None:
         topology = yaml.safe_load((ROOT / "mesh" / "topology.yaml").read_text())
-        topology = copy.deepcopy(topology)
         for workload in topology["workloads"].values():
             workload["port"] = None
         ca = CertificateAuthority("aiswa bench mesh root")

@@ -21,6 +21,7 @@ test('defaults of optional settings', () => {
   assert.deepEqual(config.bindingKeys, ['#']);
   assert.deepEqual(config.watchQueues, []);
   assert.equal(config.traceExporter, 'none');
+  assert.equal(config.wsAuthz, 'opa');
 });
 
 test('settings read from environment', () => {
@@ -33,12 +34,14 @@ test('settings read from environment', () => {
     AISWA_DASHBOARD_WATCH_QUEUES: 'reflector.analyze, reflector.analyze.dlq',
     AISWA_DASHBOARD_WS_WINDOW: '32',
     AISWA_METRICS_ADDRESS: '127.0.0.1:51055',
+    AISWA_DASHBOARD_WS_AUTHZ: 'off',
   });
   assert.equal(config.opaUrl, 'http://127.0.0.1:50355');
   assert.equal(config.opaTimeoutMs, 500);
   assert.deepEqual(config.watchQueues, ['reflector.analyze', 'reflector.analyze.dlq']);
   assert.equal(config.wsWindow, 32);
   assert.equal(config.metrics.port, 51055);
+  assert.equal(config.wsAuthz, 'off');
 });
 
 test('invalid settings raise ConfigError', () => {
@@ -52,6 +55,7 @@ test('invalid settings raise ConfigError', () => {
     [{ AISWA_TRACE_EXPORTER: 'otlp' }, /needs AISWA_TRACE_ENDPOINT/],
     [{ AISWA_DASHBOARD_WS_QUEUE: '1.5' }, /give a whole number greater than 0/],
     [{ AISWA_LOG_LEVEL: 'loud' }, /use DEBUG, INFO, WARNING or ERROR/],
+    [{ AISWA_DASHBOARD_WS_AUTHZ: 'none' }, /AISWA_DASHBOARD_WS_AUTHZ="none" is invalid; use 'opa' or 'off'/],
   ];
   for (const [change, pattern] of cases) {
     const env = { ...BASE, ...change };

@@ -144,11 +144,11 @@ def _pattern(names: Iterable[str]) -> str:
 def service_permissions(topology: dict, service: str, dead_letter_exchange: str) -> Permissions:
     """Return the least permissions with which ``service`` can do its work.
 
-    Following RabbitMQ's access control table: declaring a queue with a
-    dead-letter exchange needs configure and read on the queue and write on
-    that exchange; binding it needs write on the queue and read on the source
-    exchange; publishing needs write on the exchange; consuming needs read on
-    the queue. Exchanges are declared by the launcher, and a service checks
+    RabbitMQ's access control table gives what each operation needs.
+    Declaring a queue with a dead-letter exchange needs configure and read on
+    the queue and write on that exchange. Binding it needs write on the queue
+    and read on the source exchange. Publishing needs write on the exchange,
+    and consuming needs read on the queue. Exchanges are declared by the launcher, and a service checks
     them passively, which needs no permission. So a service can consume only
     its own queues and cannot create, delete or bind anything else.
     """

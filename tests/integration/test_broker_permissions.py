@@ -7,11 +7,14 @@ service may do.
 
 from __future__ import annotations
 
+import copy
+
 import aio_pika
 import pytest
 from aiormq.exceptions import ChannelAccessRefused
 
 from aiswa_mesh._rabbitmq import service_permissions
+from aiswa_runtime import Broker
 
 
 def _url(layout, topology, service: str) -> str:
@@ -87,3 +90,15 @@ def test_permissions_follow_topology(topology):
     assert reflector.read == r"^(aiswa\.tasks|reflector\.analyze)$"
     users = service_permissions(topology, "users", "aiswa.dlx")
     assert (users.configure, users.read) == ("^$", "^$")
+
+
+async def test_missing_exchange_stops_connect(layout, topology, monkeypatch):
+    changed = copy.deepcopy(topology)
+    changed["queues"]["vision.analysis"]["exchange"] = "aiswa.missing"
+    monkeypatch.setattr("aiswa_runtime._amqp.load_topology", lambda: changed)
+    broker = Broker(_url(layout, topology, "vision"), "vision")
+    with pytest.raises(ConnectionError) as failure:
+        await broker.connect(timeout=5)
+    await broker.close()
+    assert "exchange 'aiswa.missing' is missing from RabbitMQ" in str(failure.value)
+    assert "make up" in str(failure.value)

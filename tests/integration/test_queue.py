@@ -132,7 +132,7 @@ def test_worker_killed_mid_run_loses_nothing(admin, project, layout, database):
 
     # The worker is frozen (SIGSTOP) before the task arrives, then let run in
     # short slices until the run shows progress while the reflector's
-    # database holds nothing of it yet: only then is it killed. The Rust
+    # database contains nothing of it yet: only then is it killed. The Rust
     # engine analyses this archive in about a second, so a plain kill after
     # the first progress event often lands after the run was stored.
     pid_before = supervisorctl(layout, "pid", "reflector").strip()

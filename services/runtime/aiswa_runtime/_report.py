@@ -41,7 +41,7 @@ def _samples(metric_collector: Any, name: str, label: str, value: str) -> Iterab
 
 def _quantile(buckets: list[tuple[float, float]], fraction: float) -> float | None:
     """Estimate a quantile from cumulative (upper bound, count) pairs, as PromQL's
-    histogram_quantile does: linear interpolation inside the bucket that holds it."""
+    histogram_quantile does: linear interpolation inside the bucket that contains it."""
     if not buckets or buckets[-1][1] <= 0:
         return None
     rank = fraction * buckets[-1][1]
