@@ -26,9 +26,12 @@ ROOT_COMMON_NAME = "aiswa mesh root"
 INTERMEDIATE_COMMON_NAME = "aiswa mesh intermediate"
 ROOT_TTL = "87600h"  # 10 years
 INTERMEDIATE_TTL = "43800h"  # 5 years
-# An AppRole login returns a batch token that lives this long. The agent logs
-# in again before every issuance, so it never renews a token.
-WORKLOAD_TOKEN_TTL = "5m"
+# An AppRole login returns a periodic service token: it lives while its
+# holder renews it within this period, and the leases it obtained live with it.
+WORKLOAD_TOKEN_PERIOD = "10m"
+# A secret id is delivered response-wrapped to one process, which logs in
+# with it once and soon (see OpenBao.bootstrap_payload).
+SECRET_ID_TTL = "5m"
 REQUEST_TIMEOUT_SECONDS = 10.0
 
 
@@ -58,14 +61,16 @@ class ApiClient:
     def __exit__(self, *exc_info: object) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                ) -> dict[str, Any] | None:
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                wrap_ttl: str | None = None) -> dict[str, Any] | None:
         """Send a request and return the decoded JSON reply.
 
         Returns None for 204 and for a 404 without error messages, which is
         what OpenBao returns for a read of a path that contains nothing.
+        ``wrap_ttl`` asks OpenBao to wrap the reply in a single-use token.
         """
-        reply = self._http.request(method, path, json=body)
+        headers = {"X-Vault-Wrap-TTL": wrap_ttl} if wrap_ttl else None
+        reply = self._http.request(method, path, json=body, headers=headers)
         if reply.status_code == 204:
             return None
         payload = reply.json() if reply.content else {}
@@ -214,7 +219,8 @@ def write_workload_role(client: ApiClient, workload: str, namespace: str, ttl: s
     })
 
 
-def write_workload_policy(client: ApiClient, workload: str, namespace: str) -> None:
+def write_workload_policy(client: ApiClient, workload: str, namespace: str,
+                          extra_paths: dict[str, Any] | None = None) -> None:
     # The role alone would still accept an e-mail SAN under the allowed
     # domain (alt_names=x@<dns name>) or exclude_cn_from_sans, as checked
     # with OpenBao 2.7.2. So the policy also lists the only parameters a
@@ -228,7 +234,11 @@ def write_workload_policy(client: ApiClient, workload: str, namespace: str) -> N
             "ttl": [],
             "private_key_format": ["pkcs8"],
         },
-    }}}
+    },
+        # The agent and the app keep their periodic token alive.
+        "auth/token/renew-self": {"capabilities": ["update"]},
+        "auth/token/revoke-self": {"capabilities": ["update"]},
+        **(extra_paths or {})}}
     client.request("PUT", f"sys/policies/acl/mesh-{workload}", {"policy": json.dumps(policy)})
 
 
@@ -236,14 +246,13 @@ def write_workload_approle(client: ApiClient, workload: str, bound_cidrs: list[s
     client.request("POST", f"auth/approle/role/{workload}", {
         "token_policies": [f"mesh-{workload}"],
         "token_no_default_policy": True,
-        "token_type": "batch",
-        "token_ttl": WORKLOAD_TOKEN_TTL,
-        "token_max_ttl": WORKLOAD_TOKEN_TTL,
+        "token_type": "service",
+        "token_period": WORKLOAD_TOKEN_PERIOD,
         "token_bound_cidrs": bound_cidrs,
         "secret_id_bound_cidrs": bound_cidrs,
         "bind_secret_id": True,
-        # The secret id is reused for every login for as long as the state
-        # folder lives. configure_pki replaces it when it is no longer valid.
-        "secret_id_ttl": 0,
-        "secret_id_num_uses": 0,
+        # Every secret id logs in once: a process that loses its token is
+        # restarted and gets a new one. No secret id is stored anywhere.
+        "secret_id_ttl": SECRET_ID_TTL,
+        "secret_id_num_uses": 1,
     })

@@ -28,7 +28,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
+import shutil
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,6 +43,23 @@ from ._openbao_files import (
     write_file_atomically,
     write_secret,
 )
+from ._openbao_secrets import (
+    OPERATOR_ROLE,
+    WRAP_TTL,
+    CredentialTtl,
+    configure_postgres_connection,
+    configure_rabbitmq,
+    create_orchestrator_token,
+    database_roles,
+    ensure_secrets_mounts,
+    has_postgres_connection,
+    update_postgres_allowed_roles,
+    write_database_roles,
+    write_migrate_approle,
+    write_orchestrator_policy,
+    write_rabbitmq_role,
+)
+from ._rabbitmq import Permissions, service_permissions
 from ._openbao_pki import (
     INTERMEDIATE_MOUNT,
     ROOT_MOUNT,
@@ -66,6 +84,8 @@ log = logging.getLogger("aiswa.openbao")
 # Workloads reach OpenBao over loopback only, so their AppRole credentials and
 # tokens are accepted only from there.
 DEFAULT_BOUND_CIDRS = ("127.0.0.0/8",)
+# The environment variable that names the pipe with a process's login payload.
+BOOTSTRAP_FD_VARIABLE = "AISWA_OPENBAO_BOOTSTRAP_FD"
 
 _WORKLOAD_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -151,9 +171,10 @@ class OpenBao:
     def unseal_key_path(self) -> Path:
         return self.secrets_dir / "openbao-unseal-key"
 
-    def workload_secrets(self, workload: str) -> Path:
-        """Return the folder with ``workload``'s AppRole ``role-id`` and ``secret-id`` files."""
-        return self.secrets_dir / _check_workload(workload)
+    @property
+    def orchestrator_token_path(self) -> Path:
+        """The launcher's token that may only mint wrapped secret ids (mode 0600)."""
+        return self.secrets_dir / "openbao-orchestrator-token"
 
     # --- process ---------------------------------------------------------
 
@@ -246,17 +267,19 @@ class OpenBao:
         return was_sealed
 
     def configure_pki(self, workloads: Iterable[str], namespace: str, ttl: str, *,
-                      bound_cidrs: Iterable[str] = DEFAULT_BOUND_CIDRS) -> None:
+                      bound_cidrs: Iterable[str] = DEFAULT_BOUND_CIDRS,
+                      extra_paths: Mapping[str, dict[str, Any]] | None = None) -> None:
         """Mount the mesh PKI and give each workload a role, a policy and an AppRole.
 
         The role ``pki_int/roles/<workload>`` issues only the workload's URI
         SAN and DNS SAN (the DNS SAN is also the common name), with EC P-256
         keys, server and client usage, and at most ``ttl``. The policy
         ``mesh-<workload>`` allows only ``pki_int/issue/<workload>``, and only
-        with those two names as parameters. The AppRole ``<workload>`` logs in
-        to that policy alone; its role id and secret id are written to
-        ``secrets/<workload>/``. Repeated runs change nothing that exists
-        already: the root, the intermediate and valid secret ids are kept.
+        with those two names as parameters, plus the paths that
+        ``extra_paths[workload]`` adds (its dynamic credentials). The AppRole
+        ``<workload>`` logs in to that policy alone, with single-use secret
+        ids that only :meth:`bootstrap_payload` mints. Repeated runs change
+        nothing that exists already: the root and the intermediate are kept.
         """
         workloads = [_check_workload(name) for name in workloads]
         if not _WORKLOAD_NAME.match(namespace):
@@ -271,44 +294,123 @@ class OpenBao:
             # longer listed stay in OpenBao until they are deleted by hand.
             for workload in workloads:
                 write_workload_role(client, workload, namespace, ttl)
-                write_workload_policy(client, workload, namespace)
+                write_workload_policy(client, workload, namespace,
+                                      (extra_paths or {}).get(workload))
                 write_workload_approle(client, workload, cidrs)
-                self._store_approle_credentials(client, workload)
+                # Earlier versions stored a reusable secret id here.
+                shutil.rmtree(self.secrets_dir / workload, ignore_errors=True)
+            self._ensure_orchestrator_token(client)
         mesh = {"namespace": namespace, "workloads": workloads, "ttl": ttl}
         write_file_atomically(self.mesh_path, json.dumps(mesh, indent=2).encode(), 0o644)
         log.info("configured the mesh PKI for %s in namespace %s (max TTL %s)",
                  ", ".join(workloads), namespace, ttl)
 
-    def _store_approle_credentials(self, client: ApiClient, workload: str) -> None:
-        folder = ensure_private_dir(self.workload_secrets(workload))
-        reply = client.request("GET", f"auth/approle/role/{workload}/role-id")
-        role_id = reply_data(reply)["role_id"]
-        role_id_path, secret_id_path = folder / "role-id", folder / "secret-id"
-        if not role_id_path.exists() or read_secret(role_id_path) != role_id:
-            write_secret(role_id_path, role_id)
-        if secret_id_path.exists():
-            lookup = client.request("POST", f"auth/approle/role/{workload}/secret-id/lookup",
-                                    {"secret_id": read_secret(secret_id_path)})
-            if lookup is not None:
+    def _ensure_orchestrator_token(self, client: ApiClient) -> None:
+        write_orchestrator_policy(client)
+        path = self.orchestrator_token_path
+        if path.exists():
+            try:
+                client.request("POST", "auth/token/lookup", {"token": read_secret(path)})
                 return
-            log.info("the stored secret id of %s is no longer valid; creating a new one", workload)
-        reply = client.request("POST", f"auth/approle/role/{workload}/secret-id")
-        secret_id = reply_data(reply)["secret_id"]
-        write_secret(secret_id_path, secret_id)
+            except OpenBaoError:
+                log.info("the stored orchestrator token is no longer valid; creating a new one")
+        write_secret(path, create_orchestrator_token(client))
+
+    def configure_secrets(self, topology: Mapping[str, Any], credential_ttl: CredentialTtl, *,
+                          postgres_password: Callable[[], str], rabbitmq_admin: tuple[str, str],
+                          bound_cidrs: Iterable[str] = DEFAULT_BOUND_CIDRS) -> None:
+        """Configure the database and RabbitMQ secrets engines from ``topology``.
+
+        ``postgres_password`` is called only when OpenBao has no PostgreSQL
+        connection yet: it sets a new password on OpenBao's PostgreSQL login
+        and returns it, and OpenBao rotates it at once. ``rabbitmq_admin`` is
+        the management API's administrator (user, password), which only
+        OpenBao keeps.
+        """
+        infra = topology["infrastructure"]
+        rabbit = infra["rabbitmq"]
+        token = read_secret(self.root_token_path)
+        databases = [name for name, spec in topology["workloads"].items() if "database" in spec]
+        roles = [role for name in databases for role in database_roles(name)]
+        with self._client(token) as client:
+            ensure_secrets_mounts(client)
+            if has_postgres_connection(client):
+                update_postgres_allowed_roles(client, roles)
+            else:
+                configure_postgres_connection(client, port=infra["postgres"]["port"],
+                                              password=postgres_password(), roles=roles)
+            for name in databases:
+                write_database_roles(client, name, credential_ttl)
+                write_migrate_approle(client, name, list(bound_cidrs))
+            configure_rabbitmq(client, management_port=rabbit["management_port"],
+                               admin_user=rabbitmq_admin[0], admin_password=rabbitmq_admin[1],
+                               ttl=credential_ttl)
+            for name in topology["workloads"]:
+                write_rabbitmq_role(client, name, rabbit["vhost"],
+                                    service_permissions(topology, name, "aiswa.dlx"))
+            write_rabbitmq_role(client, OPERATOR_ROLE, rabbit["vhost"],
+                                Permissions(".*", ".*", ".*"))
+        log.info("configured dynamic credentials for %s (TTL %s, max %s)",
+                 ", ".join(topology["workloads"]), credential_ttl.ttl, credential_ttl.max_ttl)
+
+    def root_read(self, path: str) -> dict[str, Any]:
+        """Read ``path`` with the root token; for the launcher's own one-off credentials."""
+        with self._client(read_secret(self.root_token_path)) as client:
+            return client.request("GET", path) or {}
+
+    def revoke_lease(self, lease_id: str) -> None:
+        with self._client(read_secret(self.root_token_path)) as client:
+            client.request("PUT", "sys/leases/revoke", {"lease_id": lease_id})
+
+    # --- secret id delivery ------------------------------------------------
+
+    def bootstrap_payload(self, approle: str) -> bytes:
+        """Return what one process needs to log in as ``approle``, once.
+
+        The orchestrator token mints a single-use secret id that OpenBao
+        returns response-wrapped: the payload holds the role id and the
+        wrapping token, never the secret id. Only the process that unwraps
+        it learns the secret id, and a second unwrap fails, so an intercepted
+        payload is noticed. The payload is meant for a pipe (see
+        aiswa_mesh.deliver), not for a file.
+        """
+        with self._client(read_secret(self.orchestrator_token_path)) as client:
+            role_id = reply_data(client.request(
+                "GET", f"auth/approle/role/{approle}/role-id"))["role_id"]
+            reply = client.request("POST", f"auth/approle/role/{approle}/secret-id", {},
+                                   wrap_ttl=WRAP_TTL) or {}
+        return json.dumps({"role_id": role_id,
+                           "wrapping_token": reply["wrap_info"]["token"]}).encode()
+
+    def login_with_payload(self, payload: bytes) -> str:
+        """Unwrap the secret id in ``payload``, log in with it and return the token."""
+        bootstrap = json.loads(payload)
+        with self._client(bootstrap["wrapping_token"]) as client:
+            try:
+                secret_id = reply_data(client.request("POST", "sys/wrapping/unwrap"))["secret_id"]
+            except OpenBaoError as exc:
+                raise OpenBaoError(
+                    "POST", "sys/wrapping/unwrap", exc.status,
+                    [*exc.errors, "the wrapped secret id was already used or has expired; it may "
+                     "have been intercepted. Restart the process so that it gets a new one"],
+                ) from None
+        with self._client() as client:
+            reply = client.request("POST", "auth/approle/login",
+                                   {"role_id": bootstrap["role_id"], "secret_id": secret_id})
+        return (reply or {})["auth"]["client_token"]
+
+    def login(self, workload: str) -> str:
+        """Log in with ``workload``'s AppRole through a freshly delivered secret id."""
+        return self.login_with_payload(self.bootstrap_payload(_check_workload(workload)))
+
+    def renew_self(self, token: str) -> None:
+        with self._client(token) as client:
+            client.request("POST", "auth/token/renew-self", {})
 
     # --- issuance --------------------------------------------------------
 
-    def login(self, workload: str) -> str:
-        """Log in with ``workload``'s AppRole and return the token."""
-        folder = self.workload_secrets(workload)
-        credentials = {"role_id": read_secret(folder / "role-id"),
-                       "secret_id": read_secret(folder / "secret-id")}
-        with self._client() as client:
-            reply = client.request("POST", "auth/approle/login", credentials) or {}
-        return reply["auth"]["client_token"]
-
-    def issue(self, workload: str, *, ttl: str | None = None,
-              namespace: str | None = None) -> IssuedCertificate:
+    def issue(self, workload: str, *, ttl: str | None = None, namespace: str | None = None,
+              token: str | None = None) -> IssuedCertificate:
         """Issue a certificate for ``workload`` with its own AppRole, not the root token.
 
         ``ttl`` defaults to the role's TTL and is capped at its max TTL.
@@ -323,7 +425,7 @@ class OpenBao:
         }
         if ttl:
             request["ttl"] = ttl
-        token = self.login(workload)
+        token = token or self.login(workload)
         with self._client(token) as client:
             reply = client.request("POST", f"{INTERMEDIATE_MOUNT}/issue/{workload}", request)
         issued = reply_data(reply)
@@ -373,26 +475,34 @@ def _check_workload(name: str) -> str:
 
 def run_agent(bao: OpenBao, workload: str, out_dir: Path, *, renew_fraction: float = 0.5,
               ttl: str | None = None, namespace: str | None = None,
-              stop: threading.Event | None = None) -> None:
+              stop: threading.Event | None = None, bootstrap: bytes | None = None) -> None:
     """Keep ``out_dir`` supplied with a valid certificate for ``workload`` until ``stop`` is set.
 
-    Each certificate is replaced once ``renew_fraction`` of its lifetime,
-    counted from the moment it was issued, has passed. A failed issuance is
-    retried with jittered exponential backoff (at most 30 s apart) while the
-    current files stay in place.
+    The agent logs in once, with ``bootstrap`` (the payload that
+    aiswa_mesh.deliver hands over) or else with a secret id that it has the
+    orchestrator token mint, and keeps its periodic token alive. Each
+    certificate is replaced once ``renew_fraction`` of its lifetime, counted
+    from the moment it was issued, has passed. A failed issuance is retried
+    with jittered exponential backoff (at most 30 s apart) while the current
+    files stay in place. A token that OpenBao no longer accepts ends the agent
+    when it came from ``bootstrap``, because the secret id was single-use and
+    only the supervisor can deliver a new one.
     """
     if not 0 < renew_fraction < 1:
         raise ValueError(f"invalid renew fraction {renew_fraction}: expected a number in (0, 1)")
     stop = stop or threading.Event()
+    token = _agent_login(bao, workload, bootstrap)
     failures = 0
     while not stop.is_set():
         try:
             issued_at = datetime.datetime.now(datetime.timezone.utc)
-            issued = bao.issue(workload, ttl=ttl, namespace=namespace)
+            issued = bao.issue(workload, ttl=ttl, namespace=namespace, token=token)
             # One rename switches certificate, key and root together, and
             # Envoy's watched_directory reloads on that rename.
             write_certs_atomically(out_dir, issued.cert_chain_pem, issued.key_pem, issued.ca_pem)
         except (OpenBaoError, httpx.HTTPError, OSError, ValueError) as exc:
+            if isinstance(exc, OpenBaoError) and exc.status == 403:
+                token = _agent_login(bao, workload, None if bootstrap is None else b"")
             failures += 1
             delay = min(2.0 ** failures, 30.0) * random.uniform(0.5, 1.0)
             log.error("issuing a certificate for %s failed (attempt %d); retrying in %.1f s: %s",
@@ -404,9 +514,37 @@ def run_agent(bao: OpenBao, workload: str, out_dir: Path, *, renew_fraction: flo
         log.info("issued a certificate for %s: serial %x, expires %s", workload,
                  leaf.serial_number, issued.not_after.isoformat())
         renew_at = issued_at + (issued.not_after - issued_at) * renew_fraction
-        delay = (renew_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
-        stop.wait(max(delay, 1.0))
+        while not stop.is_set():
+            delay = (renew_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+            if delay <= 0:
+                break
+            # Wake often enough to keep the periodic token alive.
+            if stop.wait(min(max(delay, 1.0), TOKEN_RENEW_SECONDS)):
+                break
+            try:
+                bao.renew_self(token)
+            except OpenBaoError as exc:
+                if exc.status != 403:
+                    log.warning("renewing the token of %s failed: %s", workload, exc)
+                    continue
+                token = _agent_login(bao, workload, None if bootstrap is None else b"")
+            except httpx.HTTPError as exc:
+                log.warning("renewing the token of %s failed: %s", workload, exc)
     log.info("the certificate agent for %s stopped", workload)
+
+
+# The agent renews its periodic token (10 minutes) this often.
+TOKEN_RENEW_SECONDS = 120.0
+
+
+def _agent_login(bao: OpenBao, workload: str, bootstrap: bytes | None) -> str:
+    if bootstrap == b"":
+        raise SystemExit(f"the OpenBao token of {workload}'s agent is no longer valid and its "
+                         "secret id was single-use; exiting so that the supervisor restarts "
+                         "the agent with a new one")
+    if bootstrap is None:
+        return bao.login(workload)
+    return bao.login_with_payload(bootstrap)
 
 
 def wait_for_identity(out_dir: Path, timeout: float = 30.0) -> None:
@@ -416,6 +554,18 @@ def wait_for_identity(out_dir: Path, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no certificate appeared in {out_dir} within {timeout:.0f} s")
         time.sleep(0.2)
+
+
+def read_bootstrap_fd() -> bytes | None:
+    """Read and close the payload that aiswa_mesh.deliver passed, or return None."""
+    value = os.environ.pop(BOOTSTRAP_FD_VARIABLE, None)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise SystemExit(f"{BOOTSTRAP_FD_VARIABLE}={value!r} is not a file descriptor number; "
+                         "it is set by aiswa_mesh.deliver")
+    with os.fdopen(int(value), "rb") as stream:
+        return stream.read()
 
 
 def _stop_on_signals() -> threading.Event:
@@ -471,7 +621,8 @@ def main(argv: list[str] | None = None) -> None:
     stop = _stop_on_signals()
     if args.command == "agent":
         run_agent(bao, args.workload, args.out.resolve(), renew_fraction=args.renew_fraction,
-                  ttl=args.ttl, namespace=args.namespace, stop=stop)
+                  ttl=args.ttl, namespace=args.namespace, stop=stop,
+                  bootstrap=read_bootstrap_fd())
     elif args.watch is None:
         bao.unseal()
     else:

@@ -7,6 +7,7 @@ and stops it afterwards. None of it needs the running platform.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import socket
 import ssl
@@ -156,32 +157,85 @@ def test_unseal_is_noop_when_unsealed(bao):
 
 
 def test_configure_pki_is_idempotent(bao):
-    folder = bao.workload_secrets("users")
-    role_id = (folder / "role-id").read_text()
-    secret_id = (folder / "secret-id").read_text()
     with _client(bao) as client:
         root_before = client.get("pki/ca/pem").text
         intermediate_before = client.get("pki_int/ca/pem").text
+    orchestrator = bao.orchestrator_token_path.read_text()
 
     bao.configure_pki(WORKLOADS, NAMESPACE, ROLE_TTL)
 
     with _client(bao) as client:
         assert client.get("pki/ca/pem").text == root_before
         assert client.get("pki_int/ca/pem").text == intermediate_before
-    assert (folder / "role-id").read_text() == role_id
-    assert (folder / "secret-id").read_text() == secret_id
+    assert bao.orchestrator_token_path.read_text() == orchestrator
     assert bao.login("users")
 
 
-def test_configure_pki_replaces_invalid_secret_id(bao):
-    secret_id_path = bao.workload_secrets("vision") / "secret-id"
-    secret_id_path.write_text("00000000-0000-0000-0000-000000000000\n")
+def test_configure_pki_replaces_invalid_orchestrator_token(bao):
+    bao.orchestrator_token_path.write_text("s.not-a-token\n")
 
     bao.configure_pki(WORKLOADS, NAMESPACE, ROLE_TTL)
 
-    assert secret_id_path.read_text().strip() != "00000000-0000-0000-0000-000000000000"
-    assert stat.S_IMODE(secret_id_path.stat().st_mode) == 0o600
+    assert bao.orchestrator_token_path.read_text().strip() != "s.not-a-token"
+    assert stat.S_IMODE(bao.orchestrator_token_path.stat().st_mode) == 0o600
     assert bao.login("vision")
+
+
+# --- secret id delivery -------------------------------------------------------
+
+
+def test_payload_holds_a_wrapping_token_not_a_secret_id(bao):
+    payload = json.loads(bao.bootstrap_payload("users"))
+    assert set(payload) == {"role_id", "wrapping_token"}
+    with _client(bao, payload["wrapping_token"]) as client:
+        info = client.post("sys/wrapping/lookup", json={"token": payload["wrapping_token"]})
+    assert info.status_code == 200, info.text
+    assert info.json()["data"]["creation_path"] == "auth/approle/role/users/secret-id"
+
+
+def test_payload_logs_in_once(bao):
+    payload = bao.bootstrap_payload("users")
+    assert bao.login_with_payload(payload)
+    with pytest.raises(OpenBaoError) as second:
+        bao.login_with_payload(payload)
+    assert "may have been intercepted" in str(second.value)
+
+
+def test_unwrapped_secret_id_logs_in_once(bao):
+    payload = json.loads(bao.bootstrap_payload("projects"))
+    with _client(bao, payload["wrapping_token"]) as client:
+        secret_id = client.post("sys/wrapping/unwrap").json()["data"]["secret_id"]
+    with _client(bao) as client:
+        first = client.post("auth/approle/login",
+                            json={"role_id": payload["role_id"], "secret_id": secret_id})
+        second = client.post("auth/approle/login",
+                             json={"role_id": payload["role_id"], "secret_id": secret_id})
+    assert first.status_code == 200, first.text
+    assert second.status_code == 400, second.text
+    assert "invalid role or secret ID" in second.text
+
+
+@pytest.mark.parametrize(("method", "path", "wrap"), [
+    ("POST", "auth/approle/role/users/secret-id", False),
+    ("POST", "pki_int/issue/users", True),
+    ("GET", "sys/policies/acl/mesh-users", False),
+    ("POST", "auth/token/create", True),
+])
+def test_orchestrator_token_only_mints_wrapped_secret_ids(bao, method, path, wrap):
+    token = bao.orchestrator_token_path.read_text().strip()
+    headers = {"X-Vault-Wrap-TTL": "60s"} if wrap else {}
+    with _client(bao, token) as client:
+        reply = client.request(method, path, json={} if method == "POST" else None,
+                               headers=headers)
+    assert reply.status_code == 403, reply.text
+
+
+def test_no_secret_id_is_stored(bao):
+    bao.issue("users")
+    for workload in WORKLOADS:
+        assert not (bao.secrets_dir / workload).exists()
+    names = {path.name for path in bao.root.rglob("*")}
+    assert "secret-id" not in names
 
 
 # --- issued certificates ------------------------------------------------------
@@ -347,20 +401,10 @@ def test_approle_cannot_use_other_paths(bao, method, path):
     assert reply.status_code == 403, reply.text
 
 
-def test_issue_for_other_workload_with_own_credentials_fails(bao, tmp_path):
-    # Point a copy of the layout at the users credentials and ask for projects.
-    impostor = OpenBao(tmp_path, bao.port, cluster_port=bao.cluster_port)
-    (tmp_path / "openbao").mkdir()
-    (tmp_path / "openbao" / "tls").mkdir()
-    (tmp_path / "openbao" / "tls" / "ca.pem").write_bytes(bao.ca_cert.read_bytes())
-    (tmp_path / "openbao" / "mesh.json").write_bytes(bao.mesh_path.read_bytes())
-    (tmp_path / "secrets" / "projects").mkdir(parents=True)
-    for name in ("role-id", "secret-id"):
-        source = bao.workload_secrets("users") / name
-        (tmp_path / "secrets" / "projects" / name).write_bytes(source.read_bytes())
-
+def test_issue_for_other_workload_with_own_credentials_fails(bao):
+    token = bao.login("users")
     with pytest.raises(OpenBaoError) as raised:
-        impostor.issue("projects")
+        bao.issue("projects", token=token)
     assert raised.value.status == 403
 
 
@@ -432,8 +476,12 @@ def agent(bao, tmp_path) -> Iterator[tuple[Path, Path, subprocess.Popen[bytes]]]
     out_dir = bao.root / "identity" / tmp_path.name / "users"
     log_path = bao.root / f"agent-users-{tmp_path.name}.log"
     with open(log_path, "wb") as log:
+        # Through aiswa_mesh.deliver, as supervisord starts it: the agent
+        # logs in once with the payload from its pipe.
         process = subprocess.Popen(
-            [sys.executable, "-m", "aiswa_mesh.openbao", "agent", "--state", str(bao.root),
+            [sys.executable, "-m", "aiswa_mesh.deliver", "--state", str(bao.root),
+             "--port", str(bao.port), "--approle", "users", "--",
+             sys.executable, "-m", "aiswa_mesh.openbao", "agent", "--state", str(bao.root),
              "--port", str(bao.port), "--cluster-port", str(bao.cluster_port),
              "--workload", "users", "--out", str(out_dir), "--ttl", "30s",
              "--renew-fraction", "0.5"],
@@ -606,17 +654,13 @@ def test_envoy_reloads_rotated_certificate(agent, tmp_path):
 
 
 def test_secret_files_are_owner_only(bao):
-    secret_files = [bao.root_token_path, bao.unseal_key_path]
-    for workload in WORKLOADS:
-        secret_files += [bao.workload_secrets(workload) / "role-id",
-                         bao.workload_secrets(workload) / "secret-id"]
+    secret_files = [bao.root_token_path, bao.unseal_key_path, bao.orchestrator_token_path]
     secret_files += [bao.tls_dir / "ca-key.pem", bao.tls_dir / "server-key.pem"]
 
     for path in secret_files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         assert path.stat().st_uid == os.getuid(), path
-    for folder in [bao.secrets_dir, bao.data_dir, bao.tls_dir,
-                   *(bao.workload_secrets(workload) for workload in WORKLOADS)]:
+    for folder in [bao.secrets_dir, bao.data_dir, bao.tls_dir]:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
 
