@@ -34,6 +34,9 @@ ORCHESTRATOR_POLICY = "orchestrator"
 OPERATOR_ROLE = "operator"
 # A wrapped secret id must be unwrapped this soon after it was minted.
 WRAP_TTL = "2m"
+# Tokens of the migrations' logins: one run of migrations, not a service.
+MIGRATE_TOKEN_TTL = "15m"
+MIGRATE_TOKEN_MAX_TTL = "1h"
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,7 @@ def write_rabbitmq_role(client: ApiClient, name: str, vhost: str,
 
 
 def write_migrate_approle(client: ApiClient, workload: str, bound_cidrs: list[str]) -> None:
-    """Write the AppRole of ``workload``'s migrations, which may change its schema and nothing else."""
+    """Write the AppRole of ``workload``'s migrations: schema changes and nothing else."""
     name = migrate_approle(workload)
     policy = {"path": {
         f"{DATABASE_MOUNT}/creds/{database_roles(workload)[1]}": {"capabilities": ["read"]},
@@ -206,8 +209,8 @@ def write_migrate_approle(client: ApiClient, workload: str, bound_cidrs: list[st
         "token_policies": [name],
         "token_no_default_policy": True,
         "token_type": "service",
-        "token_ttl": "15m",
-        "token_max_ttl": "1h",
+        "token_ttl": MIGRATE_TOKEN_TTL,
+        "token_max_ttl": MIGRATE_TOKEN_MAX_TTL,
         "token_bound_cidrs": bound_cidrs,
         "secret_id_bound_cidrs": bound_cidrs,
         "bind_secret_id": True,
