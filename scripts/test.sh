@@ -12,7 +12,10 @@ started=0
 if ! "${launcher[@]}" status >/dev/null 2>&1; then
   # Two-minute certificates rotate about once a minute, so the suite runs
   # across rotations and tests/integration/test_rotation.py can watch them.
-  AISWA_CERT_TTL=${AISWA_CERT_TTL:-2m} "${launcher[@]}" up
+  # One-minute credential leases renew about every 20 s and are replaced
+  # before two minutes (tests/integration/test_credentials.py).
+  AISWA_CERT_TTL=${AISWA_CERT_TTL:-2m} AISWA_CRED_TTL=${AISWA_CRED_TTL:-1m} \
+    AISWA_CRED_MAX_TTL=${AISWA_CRED_MAX_TTL:-2m} "${launcher[@]}" up
   started=1
 fi
 cleanup() {

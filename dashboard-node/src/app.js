@@ -7,6 +7,8 @@ const { Metrics } = require('./metrics');
 const { Authorizer, authorizationInterceptor, authorizeRequest } = require('./authz');
 const { DashboardGrpc, SUBSCRIBE_METHOD } = require('./grpc');
 const { EventConsumer } = require('./consumer');
+const { AmqpCredentials } = require('./amqp_credentials');
+const { connectOpenBao } = require('./openbao');
 const { QueueDepthPoller } = require('./queue_depth');
 const { WebClients } = require('./ws');
 const { createHttpServer, createMetricsServer, listen } = require('./http');
@@ -29,10 +31,20 @@ function closeServer(server, graceMs) {
  * Start every part of the dashboard from `config` (see config.js) and
  * resolve to a handle with the bound ports and stop(). The event consumer
  * connects in the background; /healthz and the gRPC health service report
- * SERVING once it consumes.
+ * SERVING once it consumes. With config.openbao, it first logs in to
+ * OpenBao, and `onFatal(error)` is called when the token or the RabbitMQ
+ * credentials can no longer be renewed or replaced.
  */
-async function startDashboard(config, { log: root, metrics = new Metrics(), dist, heartbeatMs } = {}) {
+async function startDashboard(config, { log: root, metrics = new Metrics(), dist, heartbeatMs, onFatal = null } = {}) {
   const log = root.child({ name: 'aiswa.dashboard' });
+  onFatal = onFatal || ((error) => log.fatal({ err: error }, 'OpenBao credentials lost'));
+  let openbao = null;
+  let credentials = null;
+  if (config.openbao) {
+    const openbaoLog = root.child({ name: 'aiswa.dashboard.openbao' });
+    openbao = await connectOpenBao(config.openbao, { log: openbaoLog, metrics, onFatal });
+    credentials = new AmqpCredentials({ client: openbao.client, path: config.openbao.credsPath, log: openbaoLog, metrics, onFatal });
+  }
   const hub = new Hub({ log: root.child({ name: 'aiswa.dashboard.hub' }) });
   let authorizer = null;
   if (config.opaUrl) {
@@ -76,6 +88,7 @@ async function startDashboard(config, { log: root, metrics = new Metrics(), dist
 
   const consumer = new EventConsumer({
     url: config.amqpUrl,
+    credentials,
     queue: config.queue,
     bindingKeys: config.bindingKeys,
     prefetch: config.prefetch,
@@ -128,6 +141,7 @@ async function startDashboard(config, { log: root, metrics = new Metrics(), dist
     metricsPort = await listen(metricsServer, config.metrics);
   }
 
+  credentials?.attach((next) => consumer.switchCredentials(next));
   consumer.start();
   poller.start();
   log.info(
@@ -146,7 +160,9 @@ async function startDashboard(config, { log: root, metrics = new Metrics(), dist
   async function stop() {
     log.info({ grace_ms: config.shutdownGraceMs }, 'service stopping: closing streams and connections');
     grpcServer.setServing(false);
+    await credentials?.stop();
     await consumer.stop();
+    await openbao?.stop();
     poller.stop();
     web.close();
     await Promise.all([

@@ -53,7 +53,47 @@ function list(env, name, fallback) {
   return raw.split(',').map((item) => item.trim()).filter(Boolean);
 }
 
-function loopbackUrl(name, value, schemes) {
+/**
+ * Read the OpenBao settings that AISWA_AMQP_CREDS needs; null when it is
+ * unset, so AISWA_AMQP_URL carries static credentials.
+ */
+function openbaoSettings(env, amqpUrl) {
+  const credsPath = env.AISWA_AMQP_CREDS;
+  if (credsPath === undefined || credsPath === '') return null;
+  if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)+$/.test(credsPath) || credsPath.split('/').includes('..')) {
+    throw new ConfigError(
+      `AISWA_AMQP_CREDS=${JSON.stringify(credsPath)} is not an OpenBao path without /v1/, e.g. rabbitmq/creds/dashboard`,
+    );
+  }
+  const parsed = new URL(amqpUrl);
+  if (parsed.username || parsed.password) {
+    throw new ConfigError(
+      'AISWA_AMQP_URL must not contain a user or password when AISWA_AMQP_CREDS is set, because the ' +
+        'credentials come from OpenBao, e.g. AISWA_AMQP_URL=amqp://127.0.0.1:55672/aiswa',
+    );
+  }
+  for (const name of ['AISWA_OPENBAO_ADDR', 'AISWA_OPENBAO_BOOTSTRAP_FD']) {
+    if (env[name] === undefined || env[name] === '') {
+      throw new ConfigError(
+        `environment variable ${name} is not set, but AISWA_AMQP_CREDS is, so the dashboard must log in to ` +
+          'OpenBao; `make up` sets both, or unset AISWA_AMQP_CREDS and give the credentials in AISWA_AMQP_URL',
+      );
+    }
+  }
+  const fdText = env.AISWA_OPENBAO_BOOTSTRAP_FD;
+  if (!/^\d+$/.test(fdText)) {
+    throw new ConfigError(`AISWA_OPENBAO_BOOTSTRAP_FD=${JSON.stringify(fdText)} is not a file descriptor number, e.g. 3`);
+  }
+  return {
+    credsPath,
+    address: loopbackUrl('AISWA_OPENBAO_ADDR', env.AISWA_OPENBAO_ADDR, ['http:', 'https:'], 'https://127.0.0.1:58200'),
+    caCertPath: env.AISWA_OPENBAO_CACERT || null,
+    bootstrapFd: Number(fdText),
+    timeoutMs: positiveNumber(env, 'AISWA_OPENBAO_TIMEOUT', 5) * 1000,
+  };
+}
+
+function loopbackUrl(name, value, schemes, example = 'http://127.0.0.1:8181') {
   let url;
   try {
     url = new URL(value);
@@ -65,7 +105,7 @@ function loopbackUrl(name, value, schemes) {
   if (!schemes.includes(url.protocol) || !loopback) {
     throw new ConfigError(
       `${name}=${JSON.stringify(value)} is invalid: it must be ${schemes.join(' or ')}// on a ` +
-        'loopback address, because it runs beside the workload, e.g. http://127.0.0.1:8181',
+        `loopback address, because it runs beside the workload, e.g. ${example}`,
     );
   }
   return value.replace(/\/+$/, '');
@@ -91,9 +131,10 @@ function loadConfig(env = process.env) {
   const grpc = address('AISWA_GRPC_ADDRESS', required(env, 'AISWA_GRPC_ADDRESS', '127.0.0.1:50055'));
   const http = address('AISWA_HTTP_ADDRESS', required(env, 'AISWA_HTTP_ADDRESS', '127.0.0.1:58080'));
   const amqpUrl = required(env, 'AISWA_AMQP_URL', 'amqp://USER:PASSWORD@127.0.0.1:55672/aiswa');
-  if (!/^amqps?:\/\//.test(amqpUrl)) {
+  if (!/^amqps?:\/\//.test(amqpUrl) || !URL.canParse(amqpUrl)) {
     throw new ConfigError('AISWA_AMQP_URL is not an amqp:// URL, e.g. amqp://USER:PASSWORD@127.0.0.1:55672/aiswa');
   }
+  const openbao = openbaoSettings(env, amqpUrl);
   const metrics = env.AISWA_METRICS_ADDRESS ? address('AISWA_METRICS_ADDRESS', env.AISWA_METRICS_ADDRESS) : null;
 
   const traceExporter = env.AISWA_TRACE_EXPORTER || 'none';
@@ -124,6 +165,9 @@ function loadConfig(env = process.env) {
     http,
     metrics,
     amqpUrl,
+    // Short-lived RabbitMQ credentials from OpenBao, or null for the static
+    // ones in amqpUrl: {credsPath, address, caCertPath, bootstrapFd, timeoutMs}.
+    openbao,
     opaUrl,
     // 'opa' asks OPA about every WebSocket upgrade as SubscribeToUpdates;
     // 'off' serves the page's WebSocket to any local client (see README).

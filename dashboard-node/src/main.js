@@ -31,8 +31,22 @@ function main() {
     process.exit(1);
   });
 
-  startDashboard(config, { log: root }).then(
-    (dashboard) => {
+  let dashboard = null;
+  let exiting = false;
+  // The token or the RabbitMQ credentials are lost for good: a new secret id
+  // comes only with a new process, so exit and let the supervisor restart it.
+  const onFatal = async (error) => {
+    if (exiting) return;
+    exiting = true;
+    log.fatal({ err: error }, 'OpenBao credentials lost; exiting so that the supervisor restarts the dashboard');
+    setTimeout(() => process.exit(1), config.shutdownGraceMs + 1000).unref();
+    await dashboard?.stop().catch((stopError) => log.error({ err: stopError }, 'stopping after the fatal error failed'));
+    process.exit(1);
+  };
+
+  startDashboard(config, { log: root, onFatal }).then(
+    (started) => {
+      dashboard = started;
       const stop = async (signal) => {
         log.info({ signal }, 'signal received');
         await dashboard.stop();

@@ -9,6 +9,8 @@ const HELP = {
   aiswa_dashboard_clients: ['gauge', 'Connected subscribers, by transport'],
   aiswa_dashboard_dropped_clients_total: ['counter', 'Subscribers dropped because they fell behind, by transport'],
   aiswa_dashboard_amqp_connected: ['gauge', '1 while the event consumer is connected to RabbitMQ'],
+  aiswa_dashboard_openbao_renewals_total: ['counter', 'OpenBao renewals, by kind (token or lease) and outcome (renewed or failed)'],
+  aiswa_dashboard_amqp_credentials_replaced_total: ['counter', 'RabbitMQ credentials replaced by new ones from OpenBao, by reason'],
   aiswa_authz_denials_total: ['counter', 'gRPC calls and WebSocket upgrades denied by call-level authorization'],
   aiswa_breaker_state: ['gauge', 'Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open'],
   process_resident_memory_bytes: ['gauge', 'Resident memory of the process'],

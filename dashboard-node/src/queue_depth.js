@@ -7,18 +7,10 @@
 // aiswa_breaker_state{upstream="rabbitmq"} and published as breaker_state.
 
 const CircuitBreaker = require('opossum');
-const { backoffMs } = require('./consumer');
+const { backoffMs, withDeadline } = require('./consumer');
 const { BREAKER_STATES } = require('./events');
 
 class QueueNotFound extends Error {}
-
-function withDeadline(promise, ms, what) {
-  let timer;
-  const deadline = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
-}
 
 class QueueDepthPoller {
   constructor({ queues, intervalMs, hub, log, metrics = null, service = 'dashboard', timeoutMs = 2000, attempts = 3, breaker = {} }) {

@@ -44,6 +44,44 @@ test('settings read from environment', () => {
   assert.equal(config.wsAuthz, 'off');
 });
 
+const OPENBAO = {
+  ...BASE,
+  AISWA_AMQP_URL: 'amqp://127.0.0.1:55672/aiswa',
+  AISWA_AMQP_CREDS: 'rabbitmq/creds/dashboard',
+  AISWA_OPENBAO_ADDR: 'https://127.0.0.1:58200/',
+  AISWA_OPENBAO_CACERT: '/state/openbao/tls/ca.pem',
+  AISWA_OPENBAO_BOOTSTRAP_FD: '3',
+};
+
+test('OpenBao settings read from environment', () => {
+  assert.equal(loadConfig(BASE).openbao, null);
+  const { openbao } = loadConfig(OPENBAO);
+  assert.equal(openbao.credsPath, 'rabbitmq/creds/dashboard');
+  assert.equal(openbao.address, 'https://127.0.0.1:58200');
+  assert.equal(openbao.caCertPath, '/state/openbao/tls/ca.pem');
+  assert.equal(openbao.bootstrapFd, 3);
+  assert.equal(openbao.timeoutMs, 5000);
+  assert.equal(loadConfig({ ...OPENBAO, AISWA_OPENBAO_CACERT: '' }).openbao.caCertPath, null);
+});
+
+test('invalid OpenBao settings raise ConfigError', () => {
+  const cases = [
+    [{ AISWA_OPENBAO_ADDR: undefined }, /AISWA_OPENBAO_ADDR is not set, but AISWA_AMQP_CREDS is.*`make up` sets both/],
+    [{ AISWA_OPENBAO_BOOTSTRAP_FD: undefined }, /AISWA_OPENBAO_BOOTSTRAP_FD is not set, but AISWA_AMQP_CREDS is.*`make up` sets both/],
+    [{ AISWA_OPENBAO_BOOTSTRAP_FD: 'three' }, /AISWA_OPENBAO_BOOTSTRAP_FD="three" is not a file descriptor number/],
+    [{ AISWA_OPENBAO_ADDR: 'https://10.0.0.5:8200' }, /AISWA_OPENBAO_ADDR=.* must be http: or https:\/\/ on a loopback address.*e\.g\. https:\/\/127\.0\.0\.1:58200/],
+    [{ AISWA_AMQP_URL: 'amqp://dashboard:pw@127.0.0.1:55672/aiswa' }, /AISWA_AMQP_URL must not contain a user or password when AISWA_AMQP_CREDS is set/],
+    [{ AISWA_AMQP_CREDS: '/v1/rabbitmq/creds/dashboard' }, /AISWA_AMQP_CREDS="\/v1\/rabbitmq\/creds\/dashboard" is not an OpenBao path without \/v1\//],
+    [{ AISWA_AMQP_CREDS: 'rabbitmq/../sys/raw' }, /is not an OpenBao path/],
+    [{ AISWA_OPENBAO_TIMEOUT: '0' }, /AISWA_OPENBAO_TIMEOUT="0" is invalid; give a number greater than 0/],
+  ];
+  for (const [change, pattern] of cases) {
+    const env = { ...OPENBAO, ...change };
+    for (const key of Object.keys(env)) if (env[key] === undefined) delete env[key];
+    assert.throws(() => loadConfig(env), (error) => error instanceof ConfigError && pattern.test(error.message), JSON.stringify(change));
+  }
+});
+
 test('invalid settings raise ConfigError', () => {
   const cases = [
     [{ AISWA_GRPC_ADDRESS: undefined }, /AISWA_GRPC_ADDRESS is not set.*e\.g\. AISWA_GRPC_ADDRESS=127\.0\.0\.1:50055/],

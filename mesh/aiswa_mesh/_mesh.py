@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._openbao_secrets import CredentialTtl, workload_secret_paths
 from ._state import ROOT, StateLayout
 from ._supervisor import Program
 from .envoy_sidecar import sidecar_command, write_sidecar_config
@@ -38,7 +40,7 @@ class Mesh:
 
     NOTE: every pod shares the loopback interface, so a local process can still
     reach an app's plaintext port directly. Per-pod network namespaces would
-    close that gap, and they are not built yet.
+    close that gap, and they are not wired into the launcher yet.
     """
 
     def __init__(self, layout: StateLayout, topology: dict) -> None:
@@ -51,6 +53,12 @@ class Mesh:
         # AISWA_CERT_TTL (an OpenBao duration such as 2m) overrides the
         # topology's lifetime, so that tests can watch certificates rotate.
         self.certificate_ttl = os.environ.get("AISWA_CERT_TTL") or str(settings["certificate_ttl"])
+        # AISWA_CRED_TTL and AISWA_CRED_MAX_TTL do the same for the database
+        # and RabbitMQ leases.
+        self.credential_ttl = CredentialTtl(
+            os.environ.get("AISWA_CRED_TTL") or str(settings["credential_ttl"]),
+            os.environ.get("AISWA_CRED_MAX_TTL") or str(settings["credential_max_ttl"]),
+        )
 
     def ports(self, workload: str) -> MeshPorts:
         if workload == "gateway":
@@ -116,12 +124,24 @@ class Mesh:
         for workload in ["gateway", *self.workloads]:
             programs.append(Program(
                 f"identity-{workload}",
-                [python, "-m", "aiswa_mesh.openbao", "agent", "--state", root, "--port", port,
-                 "--workload", workload, "--out", str(self.certs_dir(workload)),
-                 "--ttl", self.certificate_ttl],
+                self.delivered(python, workload,
+                               [python, "-m", "aiswa_mesh.openbao", "agent", "--state", root,
+                                "--port", port, "--workload", workload,
+                                "--out", str(self.certs_dir(workload)),
+                                "--ttl", self.certificate_ttl]),
                 23, directory=ROOT,
             ))
         return programs
+
+    def delivered(self, python: str, approle: str, command: list[str]) -> list[str]:
+        """Wrap ``command`` so that it starts with a single-use login as ``approle``."""
+        return [python, "-m", "aiswa_mesh.deliver", "--state", str(self.layout.root),
+                "--port", str(self.settings["openbao_port"]), "--approle", approle,
+                "--", *command]
+
+    def openbao_environment(self) -> dict[str, str]:
+        return {"AISWA_OPENBAO_ADDR": self.openbao.address,
+                "AISWA_OPENBAO_CACERT": str(self.openbao.ca_cert)}
 
     def workload_programs(self, workload: str, opa_binary: str) -> list[Program]:
         """Return the programs of the sidecar and OPA that start before ``workload``'s app."""
@@ -138,11 +158,16 @@ class Mesh:
             ))
         return programs
 
-    def bootstrap(self) -> None:
-        """Initialise and unseal OpenBao and configure the PKI; idempotent."""
+    def bootstrap(self, *, postgres_password: Callable[[], str],
+                  rabbitmq_admin: tuple[str, str]) -> None:
+        """Initialise and unseal OpenBao, configure the PKI and the secrets engines; idempotent."""
         self.openbao.initialize()
+        extra = {name: workload_secret_paths(self.topology, name) for name in self.workloads}
         self.openbao.configure_pki(["gateway", *self.workloads], self.topology["namespace"],
-                                   self.certificate_ttl)
+                                   self.certificate_ttl, extra_paths=extra)
+        self.openbao.configure_secrets(self.topology, self.credential_ttl,
+                                       postgres_password=postgres_password,
+                                       rabbitmq_admin=rabbitmq_admin)
 
     def wait_identity(self, workload: str) -> None:
         wait_for_identity(self.certs_dir(workload), timeout=60)

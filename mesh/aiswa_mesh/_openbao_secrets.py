@@ -88,6 +88,15 @@ REVOCATION_STATEMENTS = [
 ]
 
 
+def credential_paths(topology: Mapping[str, Any], workload: str) -> list[str]:
+    """Return the creds paths from which ``workload``'s process reads its logins."""
+    spec = topology["workloads"][workload]
+    paths = [f"{RABBITMQ_MOUNT}/creds/{workload}"]
+    if "database" in spec:
+        paths.insert(0, f"{DATABASE_MOUNT}/creds/{database_roles(workload)[0]}")
+    return paths
+
+
 def workload_secret_paths(topology: Mapping[str, Any], workload: str) -> dict[str, Any]:
     """Return the policy paths that ``workload`` needs for its dynamic credentials.
 
@@ -97,13 +106,9 @@ def workload_secret_paths(topology: Mapping[str, Any], workload: str) -> dict[st
     spec = topology["workloads"].get(workload)
     if spec is None:
         return {}
-    paths: dict[str, Any] = {
-        f"{RABBITMQ_MOUNT}/creds/{workload}": {"capabilities": ["read"]},
-        **_lease_paths(),
-    }
-    if "database" in spec:
-        paths[f"{DATABASE_MOUNT}/creds/{database_roles(workload)[0]}"] = {"capabilities": ["read"]}
-    return paths
+    paths: dict[str, Any] = {path: {"capabilities": ["read"]}
+                             for path in credential_paths(topology, workload)}
+    return {**paths, **_lease_paths()}
 
 
 def _lease_paths() -> dict[str, Any]:

@@ -119,22 +119,63 @@ class Postgres:
         raise SystemExit(f"PostgreSQL did not accept connections on port {self.port} "
                          f"within {timeout:.0f} s; see {self.layout.logs / 'postgres.log'}")
 
-    def sql(self, statement: str, database: str = "postgres") -> str:
-        result = self._as_owner(
-            [self.binary("psql") if Path(self.binary("psql")).exists() else "psql",
-             "-h", str(self.socket_dir), "-p", str(self.port), "-d", database,
-             "-U", self.os_user, "-v", "ON_ERROR_STOP=1", "-tAq", "-c", statement],
-        )
+    def sql(self, statement: str, database: str = "postgres", *, stdin: bool = False) -> str:
+        """Run ``statement`` as the server's owner and return psql's unaligned output.
+
+        With ``stdin`` the statement goes through psql's standard input
+        instead of its arguments, where any local user could read it.
+        """
+        psql = self.binary("psql") if Path(self.binary("psql")).exists() else "psql"
+        args = [psql, "-h", str(self.socket_dir), "-p", str(self.port), "-d", database,
+                "-U", self.os_user, "-v", "ON_ERROR_STOP=1", "-tAq"]
+        if stdin:
+            result = self._as_owner([*args, "-f", "-"], input=statement)
+        else:
+            result = self._as_owner([*args, "-c", statement])
         return result.stdout.strip()
 
-    def ensure_service_database(self, database: str, role: str, password: str) -> None:
-        """Create the role and database of one service; idempotent."""
-        quoted = password.replace("'", "''")
-        exists = self.sql(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'")
-        verb = "ALTER" if exists == "1" else "CREATE"
-        self.sql(f"{verb} ROLE {role} LOGIN PASSWORD '{quoted}'")
+    def _role_exists(self, role: str) -> bool:
+        return self.sql(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'") == "1"
+
+    def ensure_service_database(self, database: str, owner: str, app: str) -> None:
+        """Create one service's database, its owner role and its row-access role; idempotent.
+
+        Both roles are NOLOGIN groups: OpenBao creates short-lived logins in
+        them. ``owner`` owns the database and every table, so its members
+        may change the schema (migrations). ``app`` may only connect and read
+        and write rows. No other role may connect to the database.
+        """
+        for role in (owner, app):
+            if self._role_exists(role):
+                # Earlier versions gave the owner a static login password.
+                self.sql(f"ALTER ROLE {role} NOLOGIN PASSWORD NULL")
+            else:
+                self.sql(f"CREATE ROLE {role} NOLOGIN")
         if self.sql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'") != "1":
-            self.sql(f"CREATE DATABASE {database} OWNER {role}")
+            self.sql(f"CREATE DATABASE {database} OWNER {owner}")
         # Database per service: no other role may connect to it.
         self.sql(f"REVOKE ALL ON DATABASE {database} FROM PUBLIC")
-        self.sql(f"GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {role}")
+        self.sql(f"GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {owner}")
+        self.sql(f"GRANT CONNECT ON DATABASE {database} TO {app}")
+        for statement in (
+            f"GRANT USAGE ON SCHEMA public TO {app}",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {app}",
+            f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {app}",
+            f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public "
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {app}",
+            f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public "
+            f"GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {app}",
+        ):
+            self.sql(statement, database)
+
+    def ensure_openbao_login(self, login: str, groups: list[str]) -> None:
+        """Create OpenBao's login, which may only manage logins in ``groups``; idempotent."""
+        if not self._role_exists(login):
+            self.sql(f"CREATE ROLE {login} LOGIN CREATEROLE")
+        self.sql(f"GRANT {', '.join(groups)} TO {login} WITH ADMIN OPTION")
+        # To end a revoked login's sessions (pg_terminate_backend).
+        self.sql(f"GRANT pg_signal_backend TO {login}")
+
+    def set_password(self, role: str, password: str) -> None:
+        quoted = password.replace("'", "''")
+        self.sql(f"ALTER ROLE {role} PASSWORD '{quoted}'", stdin=True)

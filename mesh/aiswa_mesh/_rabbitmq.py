@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import re
+import secrets
 import subprocess
 import time
 from collections.abc import Iterable
@@ -22,6 +26,7 @@ class RabbitMQ:
     dist_port: int
     epmd_port: int
     vhost: str
+    management_port: int
 
     @property
     def home(self) -> Path:
@@ -60,16 +65,16 @@ class RabbitMQ:
                 stream.write(self.layout.secret("erlang-cookie").replace("-", "x"))
         (home / "rabbitmq.conf").write_text(
             "# Rendered by `make up` (aiswa_mesh.launcher).\n"
-            "listeners.tcp.default = 127.0.0.1:%d\n"
-            "loopback_users = none\n"
-            # The default guest account is removed at first start; no account
-            # exists without a password from the state folder.
-            "default_user = aiswa-admin\n"
-            "default_pass = %s\n"
-            "default_vhost = /\n" % (self.amqp_port, self.layout.secret("rabbitmq-admin"))
+            f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
+            # The management API, for OpenBao's RabbitMQ secrets engine only.
+            f"management.tcp.ip = 127.0.0.1\n"
+            f"management.tcp.port = {self.management_port}\n"
+            # A new node creates guest/guest, which may log in from loopback
+            # only; ensure_admin deletes it. No password is in this file.
+            "default_vhost = /\n"
         )
         (home / "advanced.config").write_text("[].\n")
-        (home / "enabled_plugins").write_text("[].\n")
+        (home / "enabled_plugins").write_text("[rabbitmq_management].\n")
         (home / "rabbitmq-env.conf").write_text("")
 
     def epmd_command(self) -> list[str]:
@@ -106,24 +111,39 @@ class RabbitMQ:
             f"see {self.layout.logs / 'rabbitmq.log'}"
         )
 
-    def ensure_user(self, user: str, password: str, permissions: Permissions) -> None:
-        """Create ``user`` with ``permissions`` on the platform's vhost only; idempotent."""
-        users = {line.split("\t")[0] for line in self.ctl("list_users").splitlines()}
-        if user in users:
-            self.ctl("change_password", user, password)
-        else:
-            self.ctl("add_user", user, password)
-        self.ctl("set_permissions", "-p", self.vhost, user, permissions.configure,
-                 permissions.write, permissions.read)
+    def ensure_admin(self, user: str, password: str) -> None:
+        """Create or update the administrator ``user`` with ``password``, and remove guest.
 
-    def ensure_vhost(self) -> None:
-        vhosts = set(self.ctl("list_vhosts").split())
-        if self.vhost not in vhosts:
-            self.ctl("add_vhost", self.vhost)
+        The password never appears in rabbitmqctl's arguments: the user is
+        imported from a definitions file (mode 0600, deleted at once) that
+        holds only the salted hash.
+        """
+        definitions = {
+            "users": [{"name": user, "password_hash": password_hash(password),
+                       "hashing_algorithm": "rabbit_password_hashing_sha256",
+                       "tags": ["administrator"]}],
+            "vhosts": [{"name": self.vhost}],
+            "permissions": [{"user": user, "vhost": self.vhost,
+                             "configure": ".*", "write": ".*", "read": ".*"}],
+        }
+        path = self.home / "admin-definitions.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as stream:
+                json.dump(definitions, stream)
+            self.ctl("import_definitions", str(path))
+        finally:
+            path.unlink(missing_ok=True)
         users = {line.split("\t")[0] for line in self.ctl("list_users").splitlines()}
-        if "guest" in users:
-            self.ctl("delete_user", "guest")
-        self.ctl("set_permissions", "-p", self.vhost, "aiswa-admin", ".*", ".*", ".*")
+        # guest, and the static service users of earlier versions.
+        for stale in users & {"guest", "users", "projects", "reflector", "vision", "dashboard"}:
+            self.ctl("delete_user", stale)
+
+
+def password_hash(password: str) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256 hash: base64(salt + sha256(salt + password))."""
+    salt = secrets.token_bytes(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
 @dataclass(frozen=True)

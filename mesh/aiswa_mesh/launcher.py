@@ -9,24 +9,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
-from dataclasses import astuple
 from pathlib import Path
+from urllib.parse import quote
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aiswa_runtime import load_topology
-from aiswa_runtime._amqp import DEAD_LETTER_EXCHANGE, declare_topology
+from aiswa_runtime._amqp import declare_topology
 
 from ._mesh import Mesh
+from ._openbao_secrets import (
+    DATABASE_MOUNT,
+    OPERATOR_ROLE,
+    POSTGRES_ADMIN_ROLE,
+    RABBITMQ_MOUNT,
+    app_role,
+    database_roles,
+    migrate_approle,
+    owner_role,
+)
 from ._postgres import Postgres
-from ._rabbitmq import RabbitMQ, service_permissions
+from ._rabbitmq import RabbitMQ
+from .deliver import pipe_with
+from .openbao import BOOTSTRAP_FD_VARIABLE
 from ._state import ROOT, StateLayout, default_layout, is_root
 from ._supervisor import Program, Supervisor, render_config
 
@@ -36,23 +48,26 @@ PYTHON_SERVICES = ("users", "projects", "reflector", "vision")
 # Node.js workloads: no database and no migrations; each runs dashboard-node/src/main.js.
 NODE_SERVICES = ("dashboard",)
 SERVICES = (*PYTHON_SERVICES, *NODE_SERVICES)
+# RabbitMQ's administrator: the management API login of OpenBao's secrets engine.
+RABBITMQ_ADMIN = "aiswa-admin"
 
 
 class Platform:
-    def __init__(self, layout: StateLayout, *, mesh: bool | None = None) -> None:
+    def __init__(self, layout: StateLayout) -> None:
         self.layout = layout
         self.topology = load_topology(str(ROOT / "mesh" / "topology.yaml"))
         infra = self.topology["infrastructure"]
         self.postgres = Postgres(layout, infra["postgres"]["port"])
         rabbit = infra["rabbitmq"]
         self.rabbitmq = RabbitMQ(
-            layout, rabbit["amqp_port"], rabbit["dist_port"], rabbit["epmd_port"], rabbit["vhost"]
+            layout, rabbit["amqp_port"], rabbit["dist_port"], rabbit["epmd_port"], rabbit["vhost"],
+            rabbit["management_port"],
         )
         self.supervisor = Supervisor(layout)
-        # AISWA_MESH=0 runs the services without sidecars, OpenBao and OPA.
-        if mesh is None:
-            mesh = os.environ.get("AISWA_MESH", "1") != "0"
-        self.mesh = Mesh(layout, self.topology) if mesh else None
+        if os.environ.get("AISWA_MESH") == "0":
+            raise SystemExit("AISWA_MESH=0 is no longer supported: the services get their "
+                             "database and RabbitMQ credentials from the mesh's OpenBao")
+        self.mesh = Mesh(layout, self.topology)
 
     @property
     def gateway_url(self) -> str:
@@ -77,26 +92,22 @@ class Platform:
             "AISWA_TRACE_ENDPOINT": f"127.0.0.1:{infra['collector']['port']}",
             "AISWA_LOG_LEVEL": os.environ.get("AISWA_LOG_LEVEL", "INFO"),
             "PYTHONUNBUFFERED": "1",
-            "AISWA_AMQP_URL": (
-                f"amqp://{name}:{layout.secret(f'rabbitmq-{name}')}"
-                f"@127.0.0.1:{infra['rabbitmq']['amqp_port']}/{infra['rabbitmq']['vhost']}"
-            ),
+            # No credentials: the service obtains them from OpenBao with the
+            # login that aiswa_mesh.deliver hands over, and renews them.
+            "AISWA_AMQP_URL": (f"amqp://127.0.0.1:{infra['rabbitmq']['amqp_port']}"
+                               f"/{infra['rabbitmq']['vhost']}"),
+            "AISWA_AMQP_CREDS": f"{RABBITMQ_MOUNT}/creds/{name}",
         }
+        env.update(self.mesh.openbao_environment())
         if "database" in workload:
-            # NOTE: the password sits in the supervisord configuration (mode
-            # 0600, state folder) until services fetch short-lived
-            # credentials from a secrets store.
-            env["AISWA_DATABASE_URL"] = (
-                f"postgresql://aiswa_{name}:{layout.secret(f'postgres-{name}')}"
-                f"@127.0.0.1:{infra['postgres']['port']}/{workload['database']}"
-            )
+            env["AISWA_DATABASE_URL"] = (f"postgresql://127.0.0.1:{infra['postgres']['port']}"
+                                         f"/{workload['database']}")
+            env["AISWA_DATABASE_CREDS"] = f"{DATABASE_MOUNT}/creds/{database_roles(name)[0]}"
         for upstream in workload.get("upstreams", []):
             port = self.topology["workloads"][upstream]["port"]
-            if self.mesh is not None:
-                port = self.mesh.outbound_port(name, upstream)
+            port = self.mesh.outbound_port(name, upstream)
             env[f"AISWA_UPSTREAM_{upstream.upper()}"] = f"127.0.0.1:{port}"
-        if self.mesh is not None:
-            env["AISWA_OPA_URL"] = self.mesh.opa_url(name)
+        env["AISWA_OPA_URL"] = self.mesh.opa_url(name)
         if name == "users":
             env["AISWA_USERS_SIGNING_KEY"] = str(layout.secrets / "users-signing-key.pem")
         if name == "projects":
@@ -126,20 +137,20 @@ class Platform:
                                   "--output", str(self.layout.traces / "spans.jsonl")], 25,
                     directory=ROOT),
         ]
-        if self.mesh is not None:
-            programs += self.mesh.infrastructure_programs(python)
-            opa = str(self.layout.root / "tools" / "go" / "bin" / "opa")
-            for name in ("gateway", *SERVICES):
-                programs += self.mesh.workload_programs(name, opa)
+        programs += self.mesh.infrastructure_programs(python)
+        opa = str(self.layout.root / "tools" / "go" / "bin" / "opa")
+        for name in ("gateway", *SERVICES):
+            programs += self.mesh.workload_programs(name, opa)
         for priority, name in enumerate(PYTHON_SERVICES, start=30):
             programs.append(Program(
-                name, [python, "-m", f"aiswa_{name}", "serve"], priority,
-                environment=self.service_environment(name), directory=ROOT,
+                name, self.mesh.delivered(python, name, [python, "-m", f"aiswa_{name}", "serve"]),
+                priority, environment=self.service_environment(name), directory=ROOT,
             ))
         for name in NODE_SERVICES:
             programs.append(Program(
-                name, ["node", str(ROOT / f"{name}-node" / "src" / "main.js")], 45,
-                environment=self.service_environment(name), directory=ROOT / f"{name}-node",
+                name, self.mesh.delivered(
+                    python, name, ["node", str(ROOT / f"{name}-node" / "src" / "main.js")]),
+                45, environment=self.service_environment(name), directory=ROOT / f"{name}-node",
             ))
         programs.append(Program(
             "gateway", self._gateway_command(), 50, stop_wait_seconds=10,
@@ -157,12 +168,10 @@ class Platform:
         from .pki import ensure_gateway_tls
 
         tls = ensure_gateway_tls(self.layout.pki)
-        service_hosts = None
-        if self.mesh is not None:
-            # The edge calls each workload through the gateway's own sidecar,
-            # which presents the `gateway` identity.
-            service_hosts = {name: ("127.0.0.1", self.mesh.outbound_port("gateway", name))
-                             for name in self.mesh.upstreams("gateway")}
+        # The edge calls each workload through the gateway's own sidecar,
+        # which presents the `gateway` identity.
+        service_hosts = {name: ("127.0.0.1", self.mesh.outbound_port("gateway", name))
+                         for name in self.mesh.upstreams("gateway")}
         return write_gateway_config(
             self.topology,
             service_hosts=service_hosts,
@@ -180,9 +189,8 @@ class Platform:
         layout = self.layout
         layout.create()
         written = [self._render_gateway()]
-        if self.mesh is not None:
-            written.append(self.mesh.openbao.config())
-            written += self.mesh.render()
+        written.append(self.mesh.openbao.config())
+        written += self.mesh.render()
         conf = layout.supervisord_conf
         conf.write_text(render_config(layout, self.programs()))
         os.chmod(conf, 0o600)
@@ -196,37 +204,42 @@ class Platform:
                   "any local process can reach the services' gRPC ports")
         self.postgres.prepare()
         self.rabbitmq.prepare()
+        # Static passwords of earlier versions; OpenBao issues every login now.
+        for stale in [*layout.secrets.glob("postgres-*"), *layout.secrets.glob("rabbitmq-*")]:
+            stale.unlink()
         self.render()
         self.supervisor.start_daemon()
 
         self._start("postgres", self.postgres.wait_ready)
+        groups = []
         for name in PYTHON_SERVICES:
             workload = self.topology["workloads"][name]
-            self.postgres.ensure_service_database(
-                workload["database"], f"aiswa_{name}", layout.secret(f"postgres-{name}")
-            )
+            self.postgres.ensure_service_database(workload["database"], owner_role(name),
+                                                  app_role(name))
+            groups += [owner_role(name), app_role(name)]
+        self.postgres.ensure_openbao_login(POSTGRES_ADMIN_ROLE, groups)
         self._start("epmd", lambda: time.sleep(0.3))
         self._start("rabbitmq", self.rabbitmq.wait_ready)
-        self._configure_rabbitmq()
+        # A new administrator password at every start, known only to OpenBao
+        # once configure_secrets has passed it on.
+        rabbitmq_admin = (RABBITMQ_ADMIN, secrets.token_urlsafe(32))
+        self.rabbitmq.ensure_admin(*rabbitmq_admin)
         collector_port = self.topology["infrastructure"]["collector"]["port"]
         self._start("collector", lambda: _wait_grpc_port("collector", collector_port))
-        if self.mesh is not None:
-            self._start_mesh_infrastructure()
+        self._start_mesh_infrastructure(rabbitmq_admin)
+        self._declare_rabbitmq_topology()
         for name in PYTHON_SERVICES:
             self._migrate(name)
-            if self.mesh is not None:
-                self._start_pod_sidecars(name)
+            self._start_pod_sidecars(name)
             port = self.topology["workloads"][name]["port"]
             self._start(name, lambda port=port, name=name: _wait_grpc_health(name, port))
             if name == "users":
                 self._bootstrap_admin()
         for name in NODE_SERVICES:
-            if self.mesh is not None:
-                self._start_pod_sidecars(name)
+            self._start_pod_sidecars(name)
             port = self.topology["workloads"][name]["port"]
             self._start(name, lambda port=port, name=name: _wait_grpc_health(name, port))
-        if self.mesh is not None:
-            self._start_pod_sidecars("gateway")
+        self._start_pod_sidecars("gateway")
         self._start("gateway", self._wait_gateway)
         print(f"AI-SWA is up.\n  API (REST/JSON and gRPC): {self.gateway_url}"
               f"\n  dashboard:                {self.dashboard_url}"
@@ -235,61 +248,72 @@ class Platform:
               f"\n  logs:                     {layout.logs}/<program>.log  (`make logs`)"
               f"\n  stop with:                make down")
 
-    def _start_mesh_infrastructure(self) -> None:
+    def _start_mesh_infrastructure(self, rabbitmq_admin: tuple[str, str]) -> None:
         mesh = self.mesh
-        assert mesh is not None
         self._start("openbao", lambda: None)
-        mesh.bootstrap()
+
+        def postgres_password() -> str:
+            # Handed to OpenBao, which rotates it at once (rotate-root).
+            password = secrets.token_urlsafe(32)
+            self.postgres.set_password(POSTGRES_ADMIN_ROLE, password)
+            return password
+
+        mesh.bootstrap(postgres_password=postgres_password, rabbitmq_admin=rabbitmq_admin)
         self._start("openbao-unseal", lambda: None)
         for name in ("gateway", *SERVICES):
             self._start(f"identity-{name}", lambda name=name: mesh.wait_identity(name))
 
     def _start_pod_sidecars(self, name: str) -> None:
         mesh = self.mesh
-        assert mesh is not None
         ports = mesh.ports(name)
         if name != "gateway":
             self._start(f"opa-{name}", lambda: _wait_http(f"{mesh.opa_url(name)}/health"))
         self._start(f"sidecar-{name}",
                     lambda: _wait_http(f"http://127.0.0.1:{ports.admin}/ready"))
 
-    def _configure_rabbitmq(self) -> None:
-        """Create the users with their least permissions and declare the topology."""
-        marker = self.layout.rabbitmq / ".configured"
-        permissions = {name: service_permissions(self.topology, name, DEAD_LETTER_EXCHANGE)
-                       for name in SERVICES}
-        expected = json.dumps({"permissions": {name: list(astuple(value))
-                                               for name, value in permissions.items()},
-                               "queues": self.topology["queues"]}, sort_keys=True)
-        if not (marker.exists() and marker.read_text() == expected):
-            self.rabbitmq.ensure_vhost()
-            for name in SERVICES:
-                self.rabbitmq.ensure_user(name, self.layout.secret(f"rabbitmq-{name}"),
-                                          permissions[name])
+    def _declare_rabbitmq_topology(self) -> None:
+        """Declare every exchange and queue with a short-lived operator login.
+
+        Services may not create exchanges or other services' queues, so the
+        operator declares them all before any service starts.
+        """
+        bao = self.mesh.openbao
+        lease = bao.root_read(f"{RABBITMQ_MOUNT}/creds/{OPERATOR_ROLE}")
         infra = self.topology["infrastructure"]["rabbitmq"]
-        admin_url = (f"amqp://aiswa-admin:{self.layout.secret('rabbitmq-admin')}"
-                     f"@127.0.0.1:{infra['amqp_port']}/{infra['vhost']}")
-        # Services may not create exchanges or other services' queues, so the
-        # operator declares them all before any service starts.
-        asyncio.run(declare_topology(admin_url))
-        marker.write_text(expected)
+        login = lease["data"]
+        url = (f"amqp://{quote(login['username'], safe='')}:{quote(login['password'], safe='')}"
+               f"@127.0.0.1:{infra['amqp_port']}/{infra['vhost']}")
+        try:
+            asyncio.run(declare_topology(url))
+        finally:
+            bao.revoke_lease(lease["lease_id"])
+
+    def _one_shot(self, name: str, approle: str, database_role: str,
+                  args: list[str]) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m aiswa_<name> ARGS`` with its own single-use login as ``approle``."""
+        env = {**os.environ, **self.service_environment(name),
+               "AISWA_DATABASE_CREDS": f"{DATABASE_MOUNT}/creds/{database_role}"}
+        read_end = pipe_with(self.mesh.openbao.bootstrap_payload(approle))
+        env[BOOTSTRAP_FD_VARIABLE] = str(read_end)
+        try:
+            return subprocess.run(
+                [str(self.layout.venv_python), "-m", f"aiswa_{name}", *args],
+                env=env, capture_output=True, text=True, check=False, cwd=ROOT,
+                pass_fds=(read_end,),
+            )
+        finally:
+            os.close(read_end)
 
     def _migrate(self, name: str) -> None:
-        env = {**os.environ, **self.service_environment(name)}
-        result = subprocess.run(
-            [str(self.layout.venv_python), "-m", f"aiswa_{name}", "migrate"],
-            env=env, capture_output=True, text=True, check=False, cwd=ROOT,
-        )
+        # Migrations log in with the role that may change the schema; the
+        # service itself cannot.
+        result = self._one_shot(name, migrate_approle(name), database_roles(name)[1], ["migrate"])
         if result.returncode != 0:
             raise SystemExit(f"migrations of {name} failed:\n{result.stderr[-3000:]}")
 
     def _bootstrap_admin(self) -> None:
-        env = {**os.environ, **self.service_environment("users")}
-        result = subprocess.run(
-            [str(self.layout.venv_python), "-m", "aiswa_users", "bootstrap-admin",
-             "--key-file", str(self.layout.admin_key)],
-            env=env, capture_output=True, text=True, check=False, cwd=ROOT,
-        )
+        result = self._one_shot("users", "users", database_roles("users")[0],
+                                ["bootstrap-admin", "--key-file", str(self.layout.admin_key)])
         if result.returncode != 0:
             raise SystemExit(f"creating the admin user failed:\n{result.stderr[-3000:]}")
         if result.stdout.strip():

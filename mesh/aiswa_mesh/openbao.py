@@ -358,6 +358,14 @@ class OpenBao:
         with self._client(read_secret(self.root_token_path)) as client:
             return client.request("GET", path) or {}
 
+    def lease_ttls(self, prefix: str) -> list[int]:
+        """Return the seconds left of every lease under ``prefix``, with the root token."""
+        with self._client(read_secret(self.root_token_path)) as client:
+            listed = reply_data(client.request("LIST", f"sys/leases/lookup/{prefix}"))
+            return [int(reply_data(client.request(
+                "PUT", "sys/leases/lookup", {"lease_id": f"{prefix}/{key}"}))["ttl"])
+                for key in listed.get("keys", [])]
+
     def revoke_lease(self, lease_id: str) -> None:
         with self._client(read_secret(self.root_token_path)) as client:
             client.request("PUT", "sys/leases/revoke", {"lease_id": lease_id})

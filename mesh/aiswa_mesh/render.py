@@ -32,13 +32,13 @@ TOPOLOGY_FILE = ROOT / "mesh" / "topology.yaml"
 POLICY_TOPOLOGY_DATA = ROOT / "policies" / "rego" / "aiswa" / "topology" / "data.json"
 
 
-def render(layout: StateLayout | None = None, *, mesh: bool = True) -> list[Path]:
+def render(layout: StateLayout | None = None) -> list[Path]:
     """Write every artifact of the topology under ``layout``; return their paths."""
     from aiswa_cli.policy import topology_data_text
 
     from .launcher import Platform
 
-    platform = Platform(layout or default_layout(), mesh=mesh)
+    platform = Platform(layout or default_layout())
     written = platform.render()
     text = topology_data_text(TOPOLOGY_FILE)
     if POLICY_TOPOLOGY_DATA.read_text() != text:

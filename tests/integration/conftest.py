@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -11,12 +12,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import pytest
 
 from aiswa_cli._api import Client
 from aiswa_mesh._state import StateLayout, default_layout
+from aiswa_mesh.openbao import OpenBao
 from aiswa_runtime import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,19 +72,58 @@ def make_user(admin, gateway_url, ca_cert, tmp_path_factory) -> Callable[[str], 
     return create
 
 
-def service_dsn(layout: StateLayout, topology: dict, service: str) -> str:
-    port = topology["infrastructure"]["postgres"]["port"]
-    database = topology["workloads"][service]["database"]
-    password = (layout.secrets / f"postgres-{service}").read_text().strip()
-    return f"postgresql://aiswa_{service}:{password}@127.0.0.1:{port}/{database}"
+class Leases:
+    """Short-lived credentials that the tests take from OpenBao with the root token.
+
+    The tests act as the operator: they read a service's own creds path, so
+    each login has exactly that service's rights. Every lease is revoked at
+    the end of the session.
+    """
+
+    def __init__(self, layout: StateLayout, topology: dict) -> None:
+        self.bao = OpenBao(layout, int(topology["mesh"]["openbao_port"]))
+        self.topology = topology
+        self.lease_ids: list[str] = []
+
+    def read(self, path: str) -> dict:
+        reply = self.bao.root_read(path)
+        self.lease_ids.append(reply["lease_id"])
+        return reply["data"]
+
+    def service_dsn(self, service: str, *, migrate: bool = False) -> str:
+        port = self.topology["infrastructure"]["postgres"]["port"]
+        database = self.topology["workloads"][service]["database"]
+        login = self.read(f"database/creds/{service}{'-migrate' if migrate else ''}")
+        return (f"postgresql://{login['username']}:{quote(login['password'], safe='')}"
+                f"@127.0.0.1:{port}/{database}")
+
+    def amqp_url(self, role: str) -> str:
+        rabbit = self.topology["infrastructure"]["rabbitmq"]
+        login = self.read(f"rabbitmq/creds/{role}")
+        return (f"amqp://{quote(login['username'], safe='')}:{quote(login['password'], safe='')}"
+                f"@127.0.0.1:{rabbit['amqp_port']}/{rabbit['vhost']}")
+
+    def revoke_all(self) -> None:
+        for lease_id in self.lease_ids:
+            try:
+                self.bao.revoke_lease(lease_id)
+            except Exception as exc:  # the platform may be down already
+                print(f"could not revoke a test lease: {exc}")
 
 
-@pytest.fixture(scope="session")
-def database(layout, topology) -> Callable[[str], psycopg.Connection]:
+@pytest.fixture
+def leases(layout, topology) -> Iterator[Leases]:
+    leases = Leases(layout, topology)
+    yield leases
+    leases.revoke_all()
+
+
+@pytest.fixture
+def database(leases) -> Callable[[str], psycopg.Connection]:
     connections: list[psycopg.Connection] = []
 
     def connect(service: str) -> psycopg.Connection:
-        connection = psycopg.connect(service_dsn(layout, topology, service), autocommit=True)
+        connection = psycopg.connect(leases.service_dsn(service), autocommit=True)
         connections.append(connection)
         return connection
 
@@ -90,11 +132,41 @@ def database(layout, topology) -> Callable[[str], psycopg.Connection]:
         connection.close()
 
 
-@pytest.fixture(scope="session")
-def amqp_url(layout, topology) -> str:
-    rabbit = topology["infrastructure"]["rabbitmq"]
-    password = (layout.secrets / "rabbitmq-admin").read_text().strip()
-    return f"amqp://aiswa-admin:{password}@127.0.0.1:{rabbit['amqp_port']}/{rabbit['vhost']}"
+@pytest.fixture
+def amqp_url(leases) -> str:
+    """A login with every right on the platform's vhost, like the launcher's."""
+    return leases.amqp_url("operator")
+
+
+class OpenBaoServer:
+    """One private OpenBao process started from OpenBao.command(), logging into its state folder."""
+
+    def __init__(self, bao: OpenBao) -> None:
+        self.bao = bao
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.bao.config()
+        log = open(self.bao.root / "openbao-server.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(self.bao.command(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def supervisorctl(layout: StateLayout, *args: str) -> str:

@@ -1,7 +1,7 @@
 """Each service's RabbitMQ user reaches only the queues and exchanges the topology gives it.
 
 The launcher sets the permissions (aiswa_mesh._rabbitmq.service_permissions);
-these tests log in with each service's own password and try what another
+these tests take a login of each service's OpenBao role and try what another
 service may do.
 """
 
@@ -17,10 +17,10 @@ from aiswa_mesh._rabbitmq import service_permissions
 from aiswa_runtime import Broker
 
 
-def _url(layout, topology, service: str) -> str:
-    rabbit = topology["infrastructure"]["rabbitmq"]
-    password = (layout.secrets / f"rabbitmq-{service}").read_text().strip()
-    return f"amqp://{service}:{password}@127.0.0.1:{rabbit['amqp_port']}/{rabbit['vhost']}"
+def _login(leases, service: str) -> tuple[str, str]:
+    """Return a new login of ``service``'s OpenBao role: (URL, user name)."""
+    url = leases.amqp_url(service)
+    return url, url.split("//", 1)[1].split(":", 1)[0]
 
 
 async def _refused(url: str, action) -> str:  # type: ignore[no-untyped-def]
@@ -49,15 +49,15 @@ async def _consume_one(channel, name: str) -> None:  # type: ignore[no-untyped-d
     ("users", "projects.events"),
     ("dashboard", "reflector.analyze.dlq"),
 ])
-async def test_service_cannot_consume_other_queue(layout, topology, service, queue):
-    reason = await _refused(_url(layout, topology, service),
-                            lambda channel: _consume_one(channel, queue))
+async def test_service_cannot_consume_other_queue(leases, service, queue):
+    url, user = _login(leases, service)
+    reason = await _refused(url, lambda channel: _consume_one(channel, queue))
     assert f"queue '{queue}'" in reason
-    assert f"user '{service}'" in reason
+    assert f"user '{user}'" in reason
 
 
-async def test_service_consumes_its_own_queue(layout, topology):
-    connection = await aio_pika.connect(_url(layout, topology, "vision"))
+async def test_service_consumes_its_own_queue(leases):
+    connection = await aio_pika.connect(_login(leases, "vision")[0])
     async with connection:
         channel = await connection.channel()
         queue = await channel.declare_queue("vision.analysis", passive=True)
@@ -66,20 +66,20 @@ async def test_service_consumes_its_own_queue(layout, topology):
         await queue.cancel(tag)
 
 
-async def test_only_projects_publishes_tasks(layout, topology):
+async def test_only_projects_publishes_tasks(leases):
     async def publish_task(channel) -> None:  # type: ignore[no-untyped-def]
         exchange = await channel.get_exchange("aiswa.tasks", ensure=False)
         await exchange.publish(aio_pika.Message(b"{}"), routing_key="reflector.analyze")
         # A refused publish closes the channel; the next call reports it.
         await channel.declare_queue("reflector.analyze", passive=True)
 
-    reason = await _refused(_url(layout, topology, "vision"), publish_task)
+    reason = await _refused(_login(leases, "vision")[0], publish_task)
     assert "exchange 'aiswa.tasks'" in reason
 
 
-async def test_service_cannot_create_exchange(layout, topology):
+async def test_service_cannot_create_exchange(leases):
     reason = await _refused(
-        _url(layout, topology, "projects"),
+        _login(leases, "projects")[0],
         lambda channel: channel.declare_exchange("aiswa.rogue", aio_pika.ExchangeType.FANOUT))
     assert "exchange 'aiswa.rogue'" in reason
 
@@ -92,11 +92,11 @@ def test_permissions_follow_topology(topology):
     assert (users.configure, users.read) == ("^$", "^$")
 
 
-async def test_missing_exchange_stops_connect(layout, topology, monkeypatch):
+async def test_missing_exchange_stops_connect(leases, topology, monkeypatch):
     changed = copy.deepcopy(topology)
     changed["queues"]["vision.analysis"]["exchange"] = "aiswa.missing"
     monkeypatch.setattr("aiswa_runtime._amqp.load_topology", lambda: changed)
-    broker = Broker(_url(layout, topology, "vision"), "vision")
+    broker = Broker(_login(leases, "vision")[0], "vision")
     with pytest.raises(ConnectionError) as failure:
         await broker.connect(timeout=5)
     await broker.close()

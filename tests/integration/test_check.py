@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ def test_check_passes_on_healthy_mesh(layout):
         assert f"PASS  certificate of {workload}: {workload}.aiswa, valid" in result.stdout
     assert "PASS  OPA of projects answers" in result.stdout
     assert "PASS  policy expectation covers every RPC method" in result.stdout
+    assert "PASS  PostgreSQL has no static password login" in result.stdout
     assert "FAIL" not in result.stdout
 
 
@@ -45,4 +47,22 @@ def test_check_fails_when_opa_stopped(layout):
     deadline = time.monotonic() + 30
     while _check().returncode != 0:
         assert time.monotonic() < deadline, "check still failing after OPA restarted"
+        time.sleep(1)
+
+
+def test_check_fails_when_a_service_holds_no_lease(layout):
+    # A stopped service revokes its token, and with it every lease it held.
+    supervisorctl(layout, "stop", "vision")
+    try:
+        result = _check()
+    finally:
+        supervisorctl(layout, "start", "vision")
+    assert result.returncode == 1
+    assert "FAIL  vision holds 0 live lease(s) of database/creds/vision" in result.stdout
+    assert "FAIL  vision holds 0 live lease(s) of rabbitmq/creds/vision" in result.stdout
+    assert re.search(r"PASS  projects holds \d live lease\(s\) of database/creds/projects",
+                     result.stdout), result.stdout
+    deadline = time.monotonic() + 30
+    while _check().returncode != 0:
+        assert time.monotonic() < deadline, "check still failing after vision restarted"
         time.sleep(1)

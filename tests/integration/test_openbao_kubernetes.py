@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import datetime
 import json
-import socket
 import ssl
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from aiswa_mesh.kubernetes_auth import (
     main,
     render_roles,
 )
+from conftest import OpenBaoServer, free_port
 from aiswa_mesh.openbao import OpenBao, identity_dns, identity_uri
 from aiswa_runtime import load_topology
 
@@ -50,12 +50,6 @@ NAMESPACE = TOPOLOGY["namespace"]
 ROLE_TTL = "1h"
 # OpenBao's own service account, whose token it sends to the TokenReview API.
 REVIEWER = (NAMESPACE, "openbao")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _seconds(duration: str) -> int:
@@ -239,31 +233,6 @@ def _status(code: int, reason: str, message: str) -> dict:
 # --- OpenBao ----------------------------------------------------------------------
 
 
-class Server:
-    """One OpenBao process started from OpenBao.command(), logging into the state folder."""
-
-    def __init__(self, bao: OpenBao) -> None:
-        self.bao = bao
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.bao.config()
-        log = open(self.bao.root / "openbao-server.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(self.bao.command(), stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
 def _configure_policies(bao: OpenBao, topology: dict) -> None:
     """Write the mesh-W and W-migrate policies and AppRoles as Mesh.bootstrap does.
 
@@ -294,8 +263,8 @@ def kubernetes(tmp_path_factory) -> Iterator[FakeKubernetesApi]:
 def bao(tmp_path_factory, kubernetes) -> Iterator[OpenBao]:
     """A private OpenBao with the mesh policies and the Kubernetes auth method from the CLI."""
     state = tmp_path_factory.mktemp("openbao-state")
-    bao = OpenBao(state, _free_port(), cluster_port=_free_port())
-    server = Server(bao)
+    bao = OpenBao(state, free_port(), cluster_port=free_port())
+    server = OpenBaoServer(bao)
     server.start()
     try:
         assert bao.initialize() is True

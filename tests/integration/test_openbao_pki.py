@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
+from conftest import OpenBaoServer, free_port
 from aiswa_mesh.openbao import OpenBao, OpenBaoError, identity_dns, identity_uri
 
 NAMESPACE = "aiswa"
@@ -35,42 +36,11 @@ ROLE_TTL = "1h"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """One OpenBao process started from OpenBao.command(), logging into the state folder."""
-
-    def __init__(self, bao: OpenBao) -> None:
-        self.bao = bao
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.bao.config()
-        log = open(self.bao.root / "openbao-server.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(self.bao.command(), stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
+def server(tmp_path_factory) -> Iterator[OpenBaoServer]:
     state = tmp_path_factory.mktemp("openbao-state")
-    bao = OpenBao(state, _free_port(), cluster_port=_free_port())
-    server = Server(bao)
+    bao = OpenBao(state, free_port(), cluster_port=free_port())
+    server = OpenBaoServer(bao)
     server.start()
     try:
         assert bao.initialize() is True
@@ -620,9 +590,9 @@ def test_envoy_reloads_rotated_certificate(agent, tmp_path):
     sds_dir.mkdir()
     for name, document in render_sds_files(out_dir).items():
         (sds_dir / name).write_text(yaml.safe_dump(document))
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "envoy.yaml"
-    config.write_text(yaml.safe_dump(_envoy_bootstrap(sds_dir, port, _free_port())))
+    config.write_text(yaml.safe_dump(_envoy_bootstrap(sds_dir, port, free_port())))
     envoy_log = open(tmp_path / "envoy.log", "wb")  # noqa: SIM115
     envoy = subprocess.Popen([str(envoy_binary()), "-c", str(config), "--disable-hot-restart",
                               "--log-level", "warn"], stdout=envoy_log, stderr=subprocess.STDOUT)

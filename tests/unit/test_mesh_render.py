@@ -32,7 +32,7 @@ def rendered(tmp_path_factory) -> StateLayout:
     # The gateway's transcoder reads the descriptor set that `make setup` builds.
     (layout.root / "gen").mkdir()
     shutil.copy(ROOT / ".state" / "gen" / "aiswa.pb", layout.root / "gen" / "aiswa.pb")
-    written = Platform(layout, mesh=True).render()
+    written = Platform(layout).render()
     names = {path.name for path in written}
     assert {"gateway.yaml", "supervisord.conf", "sidecar-gateway.yaml"} <= names
     assert {f"sidecar-{name}.yaml" for name in TOPOLOGY["workloads"]} <= names

@@ -52,14 +52,24 @@ function ctl(env, args) {
   });
 }
 
+// Throws unless the management API responds. Its listener starts after the AMQP one.
+async function checkManagement(managementUrl, password) {
+  const authorization = `Basic ${Buffer.from(`dashboard-test:${password}`).toString('base64')}`;
+  const response = await fetch(`${managementUrl}/api/overview`, { headers: { authorization } });
+  if (!response.ok) throw new Error(`management API returned HTTP ${response.status}`);
+}
+
 /**
  * Start the node and resolve to {url, vhost, stop()} once it accepts AMQP
  * connections. Resolves to null when rabbitmq-server is not installed.
+ * With `management`, the management plugin's HTTP API listens on
+ * `managementUrl` (127.0.0.1 and a free port), and the default user
+ * (`username`, `password`, an administrator) can use it.
  */
-async function startRabbitMQ({ timeoutMs = 90000 } = {}) {
+async function startRabbitMQ({ timeoutMs = 90000, management = false } = {}) {
   if (!installed()) return null;
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'aiswa-dashboard-rabbitmq-'));
-  const [amqpPort, distPort, epmdPort] = await freePorts(3);
+  const [amqpPort, distPort, epmdPort, managementPort] = await freePorts(4);
   const [ctlMin] = await freePorts(11);
   const password = crypto.randomBytes(12).toString('hex');
   const vhost = 'aiswa';
@@ -77,11 +87,13 @@ async function startRabbitMQ({ timeoutMs = 90000 } = {}) {
       'default_permissions.configure = .*',
       'default_permissions.read = .*',
       'default_permissions.write = .*',
+      'default_user_tags.administrator = true',
+      ...(management ? ['management.tcp.ip = 127.0.0.1', `management.tcp.port = ${managementPort}`] : []),
       '',
     ].join('\n'),
   );
   fs.writeFileSync(path.join(home, 'advanced.config'), '[].\n');
-  fs.writeFileSync(path.join(home, 'enabled_plugins'), '[].\n');
+  fs.writeFileSync(path.join(home, 'enabled_plugins'), management ? '[rabbitmq_management].\n' : '[].\n');
   fs.writeFileSync(path.join(home, 'rabbitmq-env.conf'), '');
   const env = {
     PATH: process.env.PATH,
@@ -133,7 +145,11 @@ async function startRabbitMQ({ timeoutMs = 90000 } = {}) {
       await channel.assertExchange('aiswa.events', 'topic', { durable: true });
       await channel.assertExchange('aiswa.dlx', 'direct', { durable: true });
       await connection.close();
-      return { url, vhost, amqpPort, stop, logFile, ctl: (...args) => ctl(env, args) };
+      const node = { url, vhost, amqpPort, stop, logFile, ctl: (...args) => ctl(env, args) };
+      if (!management) return node;
+      const managementUrl = `http://127.0.0.1:${managementPort}`;
+      await checkManagement(managementUrl, password);
+      return { ...node, username: 'dashboard-test', password, managementUrl };
     } catch (error) {
       last = error.message;
       await new Promise((resolve) => setTimeout(resolve, 300));

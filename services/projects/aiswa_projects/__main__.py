@@ -11,7 +11,15 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from aiswa.projects.v1 import projects_pb2_grpc
-from aiswa_runtime import Broker, Service, ServiceConfig, ServiceReporter, migrate, open_pool
+from aiswa_runtime import (
+    Broker,
+    Credentials,
+    Service,
+    ServiceConfig,
+    ServiceReporter,
+    command_migrate,
+    open_pool,
+)
 from aiswa_runtime.archive import ArchiveLimits
 
 from ._runs import apply_event, republish_pending
@@ -22,9 +30,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def serve(config: ServiceConfig) -> None:
     service = Service(config)
-    pool = await open_pool(config.require_database())
+    credentials = await Credentials.from_env(config)
+    service.use_credentials(credentials)
+    pool = await open_pool(config.require_database(), credentials=credentials.database)
     service.on_shutdown(pool.close)
-    broker = Broker(config.require_amqp(), config.service)
+    broker = Broker(config.require_amqp(), config.service, credentials=credentials.amqp)
     await broker.connect()
     service.on_shutdown(broker.close)
     service.background(ServiceReporter(broker, config.service).run)
@@ -51,7 +61,7 @@ def main() -> None:
     if args.command == "serve":
         asyncio.run(serve(config))
     else:
-        migrate(config.require_database(), MIGRATIONS)
+        command_migrate(config, MIGRATIONS)
 
 
 if __name__ == "__main__":

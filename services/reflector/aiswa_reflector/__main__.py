@@ -17,11 +17,12 @@ from pathlib import Path
 from aiswa.reflector.v1 import reflector_pb2_grpc
 from aiswa_runtime import (
     Broker,
+    Credentials,
     Service,
     ServiceConfig,
     ServiceReporter,
     Upstream,
-    migrate,
+    command_migrate,
     open_pool,
 )
 from aiswa_runtime.archive import ArchiveLimits
@@ -37,9 +38,11 @@ log = logging.getLogger(__name__)
 async def serve(config: ServiceConfig) -> None:
     service = Service(config)
     log.info("metrics engine selected", extra={"engine": engine_name()})
-    pool = await open_pool(config.require_database())
+    credentials = await Credentials.from_env(config)
+    service.use_credentials(credentials)
+    pool = await open_pool(config.require_database(), credentials=credentials.database)
     service.on_shutdown(pool.close)
-    broker = Broker(config.require_amqp(), config.service)
+    broker = Broker(config.require_amqp(), config.service, credentials=credentials.amqp)
     await broker.connect()
     service.on_shutdown(broker.close)
     service.background(ServiceReporter(broker, config.service).run)
@@ -65,7 +68,7 @@ def main() -> None:
     parser.add_argument("command", choices=["serve", "migrate"])
     args = parser.parse_args()
     if args.command == "migrate":
-        migrate(ServiceConfig.from_env("reflector").require_database(), MIGRATIONS)
+        command_migrate(ServiceConfig.from_env("reflector"), MIGRATIONS)
         return
     try:
         # Load the metrics engine before taking tasks, so that a missing Rust core

@@ -2,13 +2,15 @@
 
 Configuration, the grpc.aio server, upstream clients with deadlines, retries
 and circuit breakers, the database pool and migrations, the message broker,
-logging and tracing: written once, imported by every service.
+short-lived credentials from OpenBao, logging and tracing: written once,
+imported by every service.
 """
 
 from ._amqp import Broker, PoisonMessage
 from ._auth import Claims, optional_user, require_user
 from ._client import Upstream, on_breaker_change, upstream_error
 from ._config import ConfigError, ServiceConfig
+from ._credentials import Credentials, command_database_url, command_migrate
 from ._db import migrate, open_pool
 from ._errors import (
     ServiceError,
@@ -20,19 +22,27 @@ from ._errors import (
     unavailable,
 )
 from ._report import ServiceReporter
+from ._secrets import BootstrapError, LeasedSecret, SecretsError, UsernamePassword
 from ._server import Service, forwarded_metadata
 from ._topology import load_topology
 
 __all__ = [
+    "BootstrapError",
     "Broker",
     "Claims",
     "ConfigError",
+    "Credentials",
+    "LeasedSecret",
     "PoisonMessage",
+    "SecretsError",
     "Service",
     "ServiceConfig",
     "ServiceError",
     "ServiceReporter",
     "Upstream",
+    "UsernamePassword",
+    "command_database_url",
+    "command_migrate",
     "failed_precondition",
     "forwarded_metadata",
     "invalid_argument",

@@ -7,11 +7,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
+from yarl import URL
 
 from . import _metrics
+from ._secrets import LeasedSecret, UsernamePassword
 from ._telemetry import extract_context, inject_headers
 from ._topology import load_topology
 
@@ -19,6 +22,18 @@ log = logging.getLogger(__name__)
 
 DEAD_LETTER_EXCHANGE = "aiswa.dlx"
 _tracer = trace.get_tracer("aiswa.amqp")
+
+# NOTE: waits below use asyncio.timeout, not asyncio.wait_for: on Python 3.11,
+# wait_for loses a cancellation that arrives as the awaited operation finishes,
+# and then a cancelled publisher or consumer task would never stop.
+
+# Errors of an operation on a channel whose connection closed: the robust
+# connection reopens the channel, so the operation may succeed after that.
+_CLOSED_CHANNEL_ERRORS = (
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.AMQPConnectionError,
+    ConnectionError,
+)
 
 
 class PoisonMessage(Exception):
@@ -55,26 +70,54 @@ class Broker:
 
     The launcher declares the topology (:func:`declare_topology`); a service
     checks the exchanges and declares only the queues it consumes.
+
+    With ``credentials`` the connection logs in with their current login, and
+    reconnects with the new one after each replacement (see
+    :meth:`_switch_login`). Publishing waits while the connection switches.
+    A publish that hits a closed channel waits for the reconnection and is
+    sent once more, so a consumer may receive a message twice: every message
+    carries a message id for that.
     """
 
-    def __init__(self, url: str, service: str) -> None:
+    def __init__(self, url: str, service: str, *, credentials: LeasedSecret | None = None,
+                 switch_timeout: float = 30.0) -> None:
         self._url = url
         self._service = service
+        self._credentials = credentials
+        self._switch_timeout = switch_timeout
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        # Set while publishing may proceed; cleared while the login switches.
+        self._open_for_publishing = asyncio.Event()
+        self._open_for_publishing.set()
+        self._publishing = 0
+        self._publishing_done = asyncio.Event()
+        self._publishing_done.set()
+
+    def _login_url(self, login: UsernamePassword | None = None) -> URL:
+        url = URL(self._url)
+        if self._credentials is None:
+            return url
+        login = login or self._credentials.current
+        return url.with_user(login.username).with_password(login.password)
 
     async def connect(self, timeout: float = 30.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:
                 self.connection = await aio_pika.connect_robust(
-                    self._url,
+                    self._login_url(),
                     client_properties={"connection_name": self._service},
                     timeout=10,
+                    # With leased logins, a switch reconnects at once
+                    # instead of after aio-pika's default 5 s.
+                    **({"reconnect_interval": 1} if self._credentials else {}),
                 )
                 break
             except (ConnectionError, OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
+                if self._credentials is not None:
+                    self._credentials.check_now()
                 if asyncio.get_running_loop().time() > deadline:
                     raise ConnectionError(
                         f"{self._service}: RabbitMQ not reachable at its configured "
@@ -85,7 +128,65 @@ class Broker:
                 await asyncio.sleep(1.0)
         self._channel = await self.connection.channel(publisher_confirms=True)
         await self._check_topology(self._channel)
+        if self._credentials is not None:
+            self.connection.close_callbacks.add(self._on_connection_closed)
+            self._credentials.on_replace(self._switch_login)
         log.info("connected to RabbitMQ", extra={"service": self._service})
+
+    def _on_connection_closed(self, _connection: object, exc: BaseException | None) -> None:
+        # aio-pika calls this for every lost connection and failed reconnection
+        # attempt. RabbitMQ closes the connections of a deleted user (a revoked
+        # lease) and then rejects its login, so each such close requests a lease
+        # lookup. A close that this broker started for a switch carries
+        # CancelledError and needs none.
+        if exc is None or isinstance(exc, asyncio.CancelledError):
+            return
+        if self._credentials is not None:
+            self._credentials.check_now()
+
+    async def _switch_login(self, login: UsernamePassword) -> None:
+        """Reconnect with ``login``; the robust connection restores channels and consumers.
+
+        New publishes wait, and publishes in flight get their confirms, before
+        the old connection closes. Messages that a consumer had not acknowledged
+        yet are delivered again on the new connection.
+        """
+        connection = self.connection
+        if connection is None:
+            return
+        # The robust connection reads the URL at each attempt, so a connection
+        # that is down (the old user was deleted) comes back with the new login.
+        connection.url = self._login_url(login)
+        self._open_for_publishing.clear()
+        try:
+            if connection.connected.is_set():
+                try:
+                    async with asyncio.timeout(self._switch_timeout):
+                        await self._publishing_done.wait()
+                except TimeoutError:
+                    log.warning("publishes still in flight at the login switch; they may fail",
+                                extra={"count": self._publishing})
+                async with asyncio.timeout(self._switch_timeout):
+                    await connection.reconnect()
+            await self._wait_reconnected(self._switch_timeout)
+            log.info("RabbitMQ connection switched to the new login",
+                     extra={"service": self._service, "username": login.username})
+        except TimeoutError:
+            # The robust connection keeps retrying with the new URL.
+            log.warning("RabbitMQ did not accept the new login in time; still reconnecting",
+                        extra={"service": self._service, "timeout": self._switch_timeout})
+        finally:
+            self._open_for_publishing.set()
+
+    async def _wait_reconnected(self, timeout: float) -> None:
+        """Wait until the publishing channel is open again after a reconnection."""
+        channel = self.channel
+        async with asyncio.timeout(timeout):
+            while True:
+                await channel.ready()
+                if not channel.is_closed:
+                    return
+                await asyncio.sleep(0.05)
 
     async def _check_topology(self, channel: AbstractRobustChannel) -> None:
         """Check the exchanges exist and declare this service's own queues, idempotently."""
@@ -173,8 +274,45 @@ class Broker:
                 message_id=message_id,
                 headers=message_headers,
             )
+            await self._publish(exchange, message, routing_key)
+
+    async def _publish(self, exchange: str, message: aio_pika.Message, routing_key: str) -> None:
+        """Publish with confirm.
+
+        With leased credentials, a publish that hits a closed channel waits for
+        the reconnection and is sent once more. Without them a closed channel
+        fails the publish at once, as before leased logins existed.
+        """
+        try:
+            await self._publish_once(exchange, message, routing_key)
+        except _CLOSED_CHANNEL_ERRORS as exc:
+            if self._credentials is None:
+                raise
+            log.warning("publish hit a closed channel; retrying once after reconnection",
+                        extra={"exchange": exchange, "routing_key": routing_key,
+                               "message_id": message.message_id, "error": repr(exc)})
+            try:
+                await self._wait_reconnected(self._switch_timeout)
+            except TimeoutError:
+                raise exc from None
+            await self._publish_once(exchange, message, routing_key)
+
+    async def _publish_once(self, exchange: str, message: aio_pika.Message,
+                            routing_key: str) -> None:
+        # Counted as in flight only while it is sent, so that a login switch
+        # waits for it but not for a publish that itself waits for reconnection.
+        if not self._open_for_publishing.is_set():
+            async with asyncio.timeout(self._switch_timeout):
+                await self._open_for_publishing.wait()
+        self._publishing += 1
+        self._publishing_done.clear()
+        try:
             target = await self.channel.get_exchange(exchange, ensure=False)
             await target.publish(message, routing_key=routing_key, mandatory=True, timeout=10)
+        finally:
+            self._publishing -= 1
+            if self._publishing == 0:
+                self._publishing_done.set()
 
     def publish_event_soon(self, routing_key: str, payload: Mapping[str, Any]) -> None:
         """Publish an event to ``aiswa.events`` in the background, from synchronous code.
@@ -251,7 +389,7 @@ class Broker:
                                         payload, on_dead_letter)
                 return
             except asyncio.CancelledError:
-                await message.nack(requeue=True)
+                await _settle(message.nack(requeue=True), queue, message)
                 raise
             except Exception as exc:
                 if attempt >= max_attempts:
@@ -270,10 +408,10 @@ class Broker:
                 )
                 _metrics.MESSAGES.labels(queue, "requeued").inc()
                 await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 10.0))
-                await message.nack(requeue=True)
+                await _settle(message.nack(requeue=True), queue, message)
                 return
-        await message.ack()
-        _metrics.MESSAGES.labels(queue, "acked").inc()
+        if await _settle(message.ack(), queue, message):
+            _metrics.MESSAGES.labels(queue, "acked").inc()
 
     async def _dead_letter(
         self,
@@ -290,8 +428,8 @@ class Broker:
                 log.exception("dead-letter callback failed", extra={"queue": queue})
         headers = dict(message.headers or {})
         headers.update({"x-aiswa-dead-letter-reason": reason[:1000], "x-aiswa-source-queue": queue})
-        dlx = await self.channel.get_exchange(DEAD_LETTER_EXCHANGE, ensure=False)
-        await dlx.publish(
+        await self._publish(
+            DEAD_LETTER_EXCHANGE,
             aio_pika.Message(
                 message.body,
                 content_type=message.content_type,
@@ -299,16 +437,31 @@ class Broker:
                 message_id=message.message_id,
                 headers=headers,
             ),
-            routing_key=queue,
-            mandatory=True,
+            queue,
         )
         # Ack only after the dead-letter copy is confirmed, so the message is
         # never lost between the two queues.
-        await message.ack()
-        _metrics.MESSAGES.labels(queue, "dead_lettered").inc()
+        if await _settle(message.ack(), queue, message):
+            _metrics.MESSAGES.labels(queue, "dead_lettered").inc()
         log.error("message dead-lettered",
                   extra={"queue": queue, "message_id": message.message_id, "reason": reason})
 
     async def close(self) -> None:
         if self.connection is not None:
             await self.connection.close()
+
+
+async def _settle(settlement: Awaitable[Any], queue: str, message: AbstractIncomingMessage) -> bool:
+    """Await an ack or nack; return False when the channel closed before it was sent.
+
+    RabbitMQ requeues every unacknowledged message of a closed channel, so the
+    message is delivered again and the consumer must tolerate the duplicate.
+    """
+    try:
+        await settlement
+    except _CLOSED_CHANNEL_ERRORS as exc:
+        log.warning("acknowledgement not sent: the channel closed; RabbitMQ delivers the "
+                    "message again", extra={"queue": queue, "message_id": message.message_id,
+                                            "error": repr(exc)})
+        return False
+    return True

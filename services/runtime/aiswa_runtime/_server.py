@@ -8,7 +8,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,7 +21,15 @@ from ._errors import ServiceError
 from ._logging import caller_var, configure_logging, request_id_var
 from ._telemetry import configure_tracing, shutdown_tracing
 
+if TYPE_CHECKING:
+    from ._credentials import Credentials
+    from ._secrets import FatalSignal
+
 log = logging.getLogger(__name__)
+
+# Exit status after the process lost its OpenBao credentials (EX_TEMPFAIL in
+# sysexits.h): the supervisor restarts it, and the new process logs in again.
+EXIT_CREDENTIALS_LOST = 75
 
 # The time.monotonic() value at which the current inbound call's deadline
 # expires. Upstream calls made while serving it use it to shorten their own.
@@ -189,6 +197,7 @@ class Service:
         self._background: list[Callable[[], Awaitable[None]]] = []
         self._on_shutdown: list[Callable[[], Awaitable[None]]] = []
         self._stopping = asyncio.Event()
+        self._fatal: FatalSignal | None = None
         if self._authz is not None:
             self._on_shutdown.append(self._authz.aclose)
 
@@ -202,6 +211,15 @@ class Service:
 
     def on_shutdown(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._on_shutdown.append(callback)
+
+    def use_credentials(self, credentials: Credentials) -> None:
+        """Exit with :data:`EXIT_CREDENTIALS_LOST` when ``credentials`` are lost; close them last.
+
+        Call it before registering the pool and the broker, so that they close
+        before the credentials' leases are revoked.
+        """
+        self._fatal = credentials.fatal
+        self.on_shutdown(credentials.aclose)
 
     async def run(self) -> None:
         config = self.config
@@ -232,7 +250,7 @@ class Service:
                 "pid": os.getpid(),
             },
         )
-        await self._stopping.wait()
+        fatal_reason = await self._wait_for_stop()
         log.info("service stopping: draining in-flight calls",
                  extra={"grace_seconds": config.shutdown_grace_seconds})
         await self.health.enter_graceful_shutdown()
@@ -247,6 +265,27 @@ class Service:
                 log.exception("shutdown step failed", extra={"step": repr(callback)})
         shutdown_tracing()
         log.info("service stopped", extra={"identity": config.identity})
+        if fatal_reason is not None:
+            raise SystemExit(EXIT_CREDENTIALS_LOST)
+
+    async def _wait_for_stop(self) -> str | None:
+        """Wait for SIGTERM/SIGINT or lost credentials; return the latter's reason or None."""
+        waiters = [asyncio.create_task(self._stopping.wait())]
+        if self._fatal is not None:
+            waiters.append(asyncio.create_task(self._fatal.wait()))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if self._fatal is not None and self._fatal.is_set():
+            log.critical(
+                "service stopping: its OpenBao credentials are lost; exiting with status "
+                f"{EXIT_CREDENTIALS_LOST} so that the supervisor restarts it",
+                extra={"reason": self._fatal.reason},
+            )
+            return self._fatal.reason
+        return None
 
     async def _supervise(self, job: Callable[[], Awaitable[None]]) -> None:
         # A background job that fails is restarted with a delay, so a broker

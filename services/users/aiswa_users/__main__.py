@@ -8,7 +8,16 @@ import os
 from pathlib import Path
 
 from aiswa.users.v1 import users_pb2_grpc
-from aiswa_runtime import Broker, Service, ServiceConfig, ServiceReporter, migrate, open_pool
+from aiswa_runtime import (
+    Broker,
+    Credentials,
+    Service,
+    ServiceConfig,
+    ServiceReporter,
+    command_database_url,
+    command_migrate,
+    open_pool,
+)
 
 from ._servicer import UsersServicer
 from ._tokens import SigningKey, new_api_key
@@ -25,11 +34,13 @@ def _signing_key(config: ServiceConfig) -> SigningKey:
 async def serve(config: ServiceConfig) -> None:
     service = Service(config)
     key = _signing_key(config)
-    pool = await open_pool(config.require_database())
+    credentials = await Credentials.from_env(config)
+    service.use_credentials(credentials)
+    pool = await open_pool(config.require_database(), credentials=credentials.database)
     service.on_shutdown(pool.close)
     # Users consumes no queue; its broker connection only carries the events
     # that the dashboard shows.
-    broker = Broker(config.require_amqp(), config.service)
+    broker = Broker(config.require_amqp(), config.service, credentials=credentials.amqp)
     await broker.connect()
     service.on_shutdown(broker.close)
     service.background(ServiceReporter(broker, config.service).run)
@@ -46,7 +57,7 @@ def bootstrap_admin(config: ServiceConfig, key_file: Path) -> None:
     """Create the first admin and its API key when the users table is empty."""
     import psycopg
 
-    with psycopg.connect(config.require_database()) as conn:
+    with command_database_url(config) as url, psycopg.connect(url) as conn:
         if conn.execute("SELECT count(*) FROM users").fetchone()[0] > 0:
             if not key_file.exists():
                 print(f"users already exist; no new admin key written to {key_file}")
@@ -82,7 +93,7 @@ def main() -> None:
     if args.command == "serve":
         asyncio.run(serve(config))
     elif args.command == "migrate":
-        migrate(config.require_database(), MIGRATIONS)
+        command_migrate(config, MIGRATIONS)
     else:
         bootstrap_admin(config, args.key_file)
 

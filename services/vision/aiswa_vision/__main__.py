@@ -9,11 +9,12 @@ from pathlib import Path
 from aiswa.vision.v1 import vision_pb2_grpc
 from aiswa_runtime import (
     Broker,
+    Credentials,
     Service,
     ServiceConfig,
     ServiceReporter,
     Upstream,
-    migrate,
+    command_migrate,
     open_pool,
 )
 
@@ -24,9 +25,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def serve(config: ServiceConfig) -> None:
     service = Service(config)
-    pool = await open_pool(config.require_database())
+    credentials = await Credentials.from_env(config)
+    service.use_credentials(credentials)
+    pool = await open_pool(config.require_database(), credentials=credentials.database)
     service.on_shutdown(pool.close)
-    broker = Broker(config.require_amqp(), config.service)
+    broker = Broker(config.require_amqp(), config.service, credentials=credentials.amqp)
     await broker.connect()
     service.on_shutdown(broker.close)
     service.background(ServiceReporter(broker, config.service).run)
@@ -52,7 +55,7 @@ def main() -> None:
     if args.command == "serve":
         asyncio.run(serve(config))
     else:
-        migrate(config.require_database(), MIGRATIONS)
+        command_migrate(config, MIGRATIONS)
 
 
 if __name__ == "__main__":
