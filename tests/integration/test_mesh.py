@@ -1,7 +1,6 @@
 """The running mesh: mTLS sidecars, verified identities and OPA on every call.
 
-These tests run when `make up` started the platform with its mesh (the
-default; AISWA_MESH=0 turns it off).
+These tests run against the platform that `make up` started.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ POLICY_DENIAL = "may not call"
 @pytest.fixture(scope="module")
 def mesh(layout, topology) -> Mesh:
     if "opa-users" not in supervisorctl(layout, "status"):
-        pytest.fail("the platform runs without its mesh (AISWA_MESH=0); `make up` starts it")
+        pytest.fail("no OPA program runs; start the platform with `make up`")
     return Mesh(layout, topology)
 
 

@@ -379,7 +379,7 @@ async def test_stopped_opa_fails_closed(tmp_path):
         server.stop()
     assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert error.value.details().startswith(
-        "authorization service unavailable: the request to OPA failed: ConnectError")
+        "authorization service unavailable: the request to OPA failed: ClientConnectorError")
     assert denials(GET_PROJECT, "unreachable") == before + 1
 
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import grpc
-import httpx
 from prometheus_client import Counter
 
 from ._auth import JWT_PAYLOAD_HEADER
@@ -125,12 +125,12 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         self.timeout = timeout
         # Only the gateway speaks for end users, so only its claims reach the policy.
         self._gateway = f"gateway.{namespace}.serviceaccount.identity.linkerd.cluster.local"
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
 
     async def aclose(self) -> None:
         """Close the HTTP connections to OPA."""
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     async def intercept_service(
@@ -226,33 +226,38 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         url = self.opa_url + DECISION_PATH
         try:
             async with asyncio.timeout(timeout):
-                response = await self._http().post(url, json={"input": document})
-        except (TimeoutError, httpx.TimeoutException):
+                async with self._http().post(url, json={"input": document}) as response:
+                    status, text = response.status, await response.text()
+        except TimeoutError:
             return Decision(False, f"{UNAVAILABLE}: the request to OPA timed out after "
                                    f"{timeout * 1000:.0f} ms", "timeout")
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             return Decision(False, f"{UNAVAILABLE}: the request to OPA failed: "
                                    f"{type(exc).__name__}: {exc}", "unreachable")
-        if response.status_code != 200:
-            return Decision(False, f"{UNAVAILABLE}: OPA returned HTTP {response.status_code}: "
-                                   f"{response.text[:200]}", "opa_error")
+        if status != 200:
+            return Decision(False, f"{UNAVAILABLE}: OPA returned HTTP {status}: "
+                                   f"{text[:200]}", "opa_error")
         try:
-            result = response.json().get("result")
+            result = json.loads(text).get("result")
         except (ValueError, AttributeError):
             result = None
         if (not isinstance(result, dict) or not isinstance(result.get("allow"), bool)
                 or not isinstance(result.get("reason"), str)):
             return Decision(False, f'{UNAVAILABLE}: OPA returned no {{"allow": bool, '
                                    f'"reason": string}} at {DECISION_PATH}: '
-                                   f"{response.text[:200]}", "invalid_response")
+                                   f"{text[:200]}", "invalid_response")
         allow = result["allow"]
         return Decision(allow, result["reason"], "allowed" if allow else "policy")
 
-    def _http(self) -> httpx.AsyncClient:
+    def _http(self) -> aiohttp.ClientSession:
         if self._client is None:
-            # trust_env=False: no proxy from the environment may carry these calls
-            # away from loopback. asyncio.timeout in _ask bounds each request.
-            self._client = httpx.AsyncClient(trust_env=False, timeout=None)
+            # aiohttp, not httpx: it halves the time of a decision request (see
+            # docs/benchmarks.md). trust_env=False: no proxy from the
+            # environment may carry these calls away from loopback.
+            # asyncio.timeout in _ask bounds each request.
+            self._client = aiohttp.ClientSession(
+                trust_env=False, timeout=aiohttp.ClientTimeout(total=None),
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=None))
         return self._client
 
 
