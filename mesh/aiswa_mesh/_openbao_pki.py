@@ -48,12 +48,13 @@ class OpenBaoError(RuntimeError):
 class ApiClient:
     """A small client for OpenBao's HTTP API that verifies the listener with the local CA."""
 
-    def __init__(self, address: str, ca_cert: Path, token: str | None) -> None:
+    def __init__(self, address: str, ca_cert: Path, token: str | None, *,
+                 timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
         context = ssl.create_default_context(cafile=str(ca_cert))
         headers = {"X-Vault-Token": token} if token else {}
         # trust_env=False: proxy variables must never route loopback traffic elsewhere.
         self._http = httpx.Client(base_url=f"{address}/v1/", verify=context, headers=headers,
-                                  timeout=REQUEST_TIMEOUT_SECONDS, trust_env=False)
+                                  timeout=timeout, trust_env=False)
 
     def __enter__(self) -> ApiClient:
         return self
