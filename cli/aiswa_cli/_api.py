@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import os
+import ssl
 import stat
 import tarfile
 import time
@@ -46,7 +47,13 @@ class Client:
     def __init__(self, base_url: str, ca_cert: str | None, token_file: Path) -> None:
         self.base_url = base_url.rstrip("/")
         self.token_file = token_file
-        verify: Any = ca_cert if ca_cert else True
+        verify: Any = True
+        if ca_cert:
+            try:
+                verify = ssl.create_default_context(cafile=ca_cert)
+            except (OSError, ssl.SSLError) as exc:
+                raise ApiError(f"cannot use {ca_cert} as the gateway's CA certificate ({exc}); "
+                               "pass --ca-cert with the file that `make up` printed") from None
         self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=120)
 
     def _token(self) -> str:

@@ -197,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return check(argv[1:])
     args = parser().parse_args(argv)
-    client = Client(args.api_url, args.ca_cert, args.token_file)
     handlers = {"login": cmd_login, "analyze": cmd_analyze, "report": cmd_report,
                 "roadmap": cmd_roadmap, "status": cmd_status}
     try:
+        client = Client(args.api_url, args.ca_cert, args.token_file)
         handlers[args.command](client, args)
     except ApiError as exc:
         print(f"aiswa: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import ssl
 import tarfile
 import uuid
 
@@ -17,7 +18,7 @@ from aiswa_users._tokens import SigningKey
 
 @pytest.fixture(scope="module")
 def http(gateway_url, ca_cert):
-    with httpx.Client(base_url=gateway_url, verify=ca_cert, timeout=30) as client:
+    with httpx.Client(base_url=gateway_url, verify=ssl.create_default_context(cafile=ca_cert), timeout=30) as client:
         yield client
 
 

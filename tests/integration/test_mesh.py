@@ -154,7 +154,7 @@ def test_tls_without_client_certificate_fails(mesh):
 def test_forged_client_id_replaced_by_verified_identity(gateway_url, ca_cert, admin, layout):
     token = __import__("json").loads(admin.token_file.read_text())["access_token"]
     missing = str(uuid.uuid4())
-    reply = httpx.get(f"{gateway_url}/v1/projects/{missing}", verify=ca_cert, headers={
+    reply = httpx.get(f"{gateway_url}/v1/projects/{missing}", verify=ssl.create_default_context(cafile=ca_cert), headers={
         "authorization": f"Bearer {token}",
         "l5d-client-id": "reflector.aiswa.serviceaccount.identity.linkerd.cluster.local",
     })

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import secrets
+import ssl
 import tarfile
 import time
 
@@ -39,7 +40,7 @@ def test_trace_spans_gateway_projects_queue_reflector(admin, project, gateway_ur
     token = json.loads(admin.token_file.read_text())["access_token"]
     reply = httpx.post(
         f"{gateway_url}/v1/projects/{project['project_id']}/runs",
-        json={"archive_id": archive["archive_id"]}, verify=ca_cert,
+        json={"archive_id": archive["archive_id"]}, verify=ssl.create_default_context(cafile=ca_cert),
         headers={"authorization": f"Bearer {token}",
                  "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
     )
