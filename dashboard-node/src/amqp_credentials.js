@@ -194,7 +194,7 @@ class AmqpCredentials {
 
   // Reads new credentials, retrying while OpenBao does not respond.
   // NOTE: a read that timed out may still have created a RabbitMQ user and
-  // lease, which nobody uses and which OpenBao deletes when the lease expires.
+  // lease. No process uses them, and OpenBao deletes them when the lease expires.
   async obtain() {
     const { signal } = this.abort;
     for (let attempt = 1; ; attempt += 1) {

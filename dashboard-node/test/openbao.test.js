@@ -1,11 +1,12 @@
 'use strict';
 // The dashboard process with short-lived RabbitMQ credentials from a private
 // OpenBao dev server and a private RabbitMQ with the management plugin.
-// Leases last 4 s and at most 12 s and the token's period is 6 s, so in
+// Leases last 4 s and at most 12 s, and the token's period is 6 s. So in
 // about half a minute the dashboard renews the lease and the token several
-// times, replaces the credentials when the max TTL comes near, recovers
-// from a revoked lease, and rides out an OpenBao that does not respond. A
-// publisher sends numbered events throughout, and every one must arrive.
+// times and replaces the credentials when the max TTL comes near. It also
+// recovers from a revoked lease and keeps working while OpenBao does not
+// respond. A publisher sends numbered events throughout, and every one must
+// arrive.
 // A second process exits when its token is revoked.
 
 const test = require('node:test');
@@ -143,7 +144,7 @@ test('dashboard with OpenBao credentials', { skip, timeout: 120000 }, async (t) 
 
   const receivedAt = new Map();
   const duplicates = [];
-  // Connected before the first event is published, so that it sees every one.
+  // Connected before the first event is published, so that it receives every one.
   await connectClient(`ws://127.0.0.1:${httpPort}/ws`, {
     onUpdate: (update) => {
       if (update.event !== 'test.tick') return;

@@ -2,10 +2,10 @@
 
 Everything here runs with the root token, from :meth:`OpenBao.configure_secrets`
 at every `make up`. What each workload may read is rendered from
-mesh/topology.yaml: a workload with a ``database`` gets two database roles (one
-for request handling that may only read and write rows, one for migrations
-that may change the schema), and every workload gets one RabbitMQ role whose
-permissions are :func:`aiswa_mesh._rabbitmq.service_permissions`.
+mesh/topology.yaml. A workload with a ``database`` gets two database roles:
+one for request handling, which may only read and write rows, and one for
+migrations, which may change the schema. Every workload gets one RabbitMQ role
+with the permissions of :func:`aiswa_mesh._rabbitmq.service_permissions`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ DATABASE_MOUNT = "database"
 RABBITMQ_MOUNT = "rabbitmq"
 # The name of the PostgreSQL connection in the database secrets engine.
 POSTGRES_CONNECTION = "aiswa-postgres"
-# OpenBao's own PostgreSQL login. It may create and drop login roles and add
-# them to the services' group roles, nothing more; its password is rotated by
-# OpenBao right after it is configured, so no person or file holds it.
+# OpenBao's own PostgreSQL login. It may only create and drop login roles and
+# add them to the services' group roles. OpenBao rotates its password right
+# after it is configured, so no person or file contains it.
 POSTGRES_ADMIN_ROLE = "aiswa_bao"
 ORCHESTRATOR_POLICY = "orchestrator"
 # The RabbitMQ role with which the launcher declares the topology.
@@ -48,12 +48,12 @@ class CredentialTtl:
 
 
 def owner_role(workload: str) -> str:
-    """The NOLOGIN PostgreSQL role that owns ``workload``'s database and its tables."""
+    """Return the NOLOGIN PostgreSQL role that owns ``workload``'s database and tables."""
     return f"aiswa_{workload}"
 
 
 def app_role(workload: str) -> str:
-    """The NOLOGIN PostgreSQL role whose members may read and write rows, but not DDL."""
+    """Return the NOLOGIN PostgreSQL role whose members may read and write rows, not DDL."""
     return f"aiswa_{workload}_app"
 
 
@@ -63,7 +63,7 @@ def database_roles(workload: str) -> tuple[str, str]:
 
 
 def migrate_approle(workload: str) -> str:
-    """The AppRole with which ``workload``'s migrations log in."""
+    """Return the AppRole with which ``workload``'s migrations log in."""
     return f"{workload}-migrate"
 
 
@@ -113,8 +113,8 @@ def workload_secret_paths(topology: Mapping[str, Any], workload: str) -> dict[st
 
 def _lease_paths() -> dict[str, Any]:
     # NOTE: OpenBao's ACLs cannot limit sys/leases/renew to the caller's own
-    # leases by path; the lease id is in the body. A token can only renew a
-    # lease whose id it knows, and lease ids are not listed to workloads.
+    # leases, because the lease id is in the body. A token can renew only a
+    # lease whose id it has, and workloads may not list lease ids.
     return {
         "sys/leases/renew": {"capabilities": ["update"]},
         "sys/leases/lookup": {"capabilities": ["update"]},
@@ -139,7 +139,7 @@ def configure_postgres_connection(client: ApiClient, *, port: int, password: str
                                   roles: Iterable[str]) -> None:
     """Give OpenBao its PostgreSQL login, then let it rotate the password.
 
-    After :func:`rotate_postgres_root` only OpenBao knows the password.
+    After the rotation only OpenBao has the password.
     """
     client.request("POST", f"{DATABASE_MOUNT}/config/{POSTGRES_CONNECTION}", {
         "plugin_name": "postgresql-database-plugin",

@@ -70,7 +70,7 @@ def _certificate_problems(certs_dir: Path, workload: str, namespace: str,
 
 
 def _check_credentials(layout, topology: dict, mesh: Mesh, report: Report) -> None:  # type: ignore[no-untyped-def]
-    """Every service holds a live lease of its own logins, and no static login exists."""
+    """Report each service's live leases and any PostgreSQL login that never expires."""
     from ._openbao_pki import OpenBaoError
     from ._openbao_secrets import POSTGRES_ADMIN_ROLE, credential_paths
     from ._postgres import Postgres

@@ -42,8 +42,9 @@ def payload_with_retries(bao: OpenBao, approle: str, timeout: float = 60.0) -> b
         except (OpenBaoError, httpx.HTTPError) as exc:
             # 4xx other than a sealed server (503) will not get better.
             if isinstance(exc, OpenBaoError) and exc.status < 500:
-                raise SystemExit(f"deliver: OpenBao refused a secret id for {approle}: {exc}; "
-                                 "run `make up` again to reconfigure OpenBao") from None
+                raise SystemExit(f"deliver: OpenBao rejected the secret id request for "
+                                 f"{approle}: {exc}. Run `make up` again to reconfigure "
+                                 "OpenBao") from None
             attempt += 1
             if time.monotonic() > deadline:
                 raise SystemExit(f"deliver: no secret id for {approle} within {timeout:.0f} s; "
@@ -54,10 +55,11 @@ def payload_with_retries(bao: OpenBao, approle: str, timeout: float = 60.0) -> b
 
 
 def pipe_with(payload: bytes) -> int:
-    """Return the read end of a new pipe that holds ``payload``, inheritable by children."""
+    """Return the read end of a new pipe that contains ``payload``, inheritable by children."""
     read_end, write_end = os.pipe()
     try:
-        # A pipe holds at least 4 KiB without a reader; the payload is < 1 KiB.
+        # A pipe buffers at least 4 KiB (POSIX PIPE_BUF) without a reader, and
+        # the payload is under 1 KiB.
         os.write(write_end, payload)
     finally:
         os.close(write_end)

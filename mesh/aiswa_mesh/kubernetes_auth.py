@@ -161,7 +161,7 @@ def render_config(kubernetes_host: str, kubernetes_ca_pem: str,
 
 
 class MissingPolicyError(RuntimeError):
-    """An error for roles whose ACL policy does not exist in OpenBao yet."""
+    """Error raised for roles whose ACL policy does not exist in OpenBao yet."""
 
 
 def missing_policies(client: ApiClient, roles: Mapping[str, Mapping[str, Any]]) -> list[str]:

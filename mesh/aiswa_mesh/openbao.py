@@ -383,7 +383,7 @@ class OpenBao:
         """Return what one process needs to log in as ``approle``, once.
 
         The orchestrator token mints a single-use secret id that OpenBao
-        returns response-wrapped: the payload holds the role id and the
+        returns response-wrapped. The payload contains the role id and the
         wrapping token, never the secret id. Only the process that unwraps
         it learns the secret id, and a second unwrap fails, so an intercepted
         payload is noticed. The payload is meant for a pipe (see

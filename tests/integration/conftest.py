@@ -11,6 +11,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -161,6 +162,19 @@ class OpenBaoServer:
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
+
+
+@contextmanager
+def private_openbao(tmp_path_factory) -> Iterator[OpenBaoServer]:  # type: ignore[no-untyped-def]
+    """Start and initialize an OpenBao of its own on free ports; stop it on exit."""
+    state = tmp_path_factory.mktemp("openbao-state")
+    server = OpenBaoServer(OpenBao(state, free_port(), cluster_port=free_port()))
+    server.start()
+    try:
+        assert server.bao.initialize() is True
+        yield server
+    finally:
+        server.stop()
 
 
 def free_port() -> int:

@@ -40,7 +40,7 @@ from aiswa_mesh.kubernetes_auth import (
     main,
     render_roles,
 )
-from conftest import OpenBaoServer, free_port
+from conftest import private_openbao
 from aiswa_mesh.openbao import OpenBao, identity_dns, identity_uri
 from aiswa_runtime import load_topology
 
@@ -262,14 +262,10 @@ def kubernetes(tmp_path_factory) -> Iterator[FakeKubernetesApi]:
 @pytest.fixture(scope="module")
 def bao(tmp_path_factory, kubernetes) -> Iterator[OpenBao]:
     """A private OpenBao with the mesh policies and the Kubernetes auth method from the CLI."""
-    state = tmp_path_factory.mktemp("openbao-state")
-    bao = OpenBao(state, free_port(), cluster_port=free_port())
-    server = OpenBaoServer(bao)
-    server.start()
-    try:
-        assert bao.initialize() is True
+    with private_openbao(tmp_path_factory) as server:
+        bao = server.bao
         _configure_policies(bao, TOPOLOGY)
-        reviewer_file = state / "token-reviewer-jwt"
+        reviewer_file = bao.root / "token-reviewer-jwt"
         reviewer_file.write_text(kubernetes.issue(*REVIEWER, audiences=(kubernetes.API_AUDIENCE,),
                                                   lifetime=datetime.timedelta(hours=1)))
         applied = subprocess.run(
@@ -282,8 +278,6 @@ def bao(tmp_path_factory, kubernetes) -> Iterator[OpenBao]:
         )
         assert applied.returncode == 0, applied.stderr
         yield bao
-    finally:
-        server.stop()
 
 
 def _api(bao: OpenBao) -> ApiClient:

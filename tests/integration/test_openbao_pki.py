@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from conftest import OpenBaoServer, free_port
+from conftest import OpenBaoServer, free_port, private_openbao
 from aiswa_mesh.openbao import OpenBao, OpenBaoError, identity_dns, identity_uri
 
 NAMESPACE = "aiswa"
@@ -38,16 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[OpenBaoServer]:
-    state = tmp_path_factory.mktemp("openbao-state")
-    bao = OpenBao(state, free_port(), cluster_port=free_port())
-    server = OpenBaoServer(bao)
-    server.start()
-    try:
-        assert bao.initialize() is True
-        bao.configure_pki(WORKLOADS, NAMESPACE, ROLE_TTL)
+    with private_openbao(tmp_path_factory) as server:
+        server.bao.configure_pki(WORKLOADS, NAMESPACE, ROLE_TTL)
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -154,7 +147,7 @@ def test_configure_pki_replaces_invalid_orchestrator_token(bao):
 # --- secret id delivery -------------------------------------------------------
 
 
-def test_payload_holds_a_wrapping_token_not_a_secret_id(bao):
+def test_payload_has_wrapping_token_only(bao):
     payload = json.loads(bao.bootstrap_payload("users"))
     assert set(payload) == {"role_id", "wrapping_token"}
     with _client(bao, payload["wrapping_token"]) as client:

@@ -499,7 +499,7 @@ class QueryLoad:
         while True:
             try:
                 async with self.pool.connection() as connection:
-                    # One worker holds its connection longer, so that some
+                    # One worker keeps its connection longer, so that some
                     # query is in flight whenever the login changes.
                     pause = 0.3 if index == 0 else 0.0
                     row = await (await connection.execute(

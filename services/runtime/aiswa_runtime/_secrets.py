@@ -457,7 +457,7 @@ class LeasedSecret:
 
     ``path`` is the creds path (``database/creds/users``). Consumers register
     :meth:`on_replace` callbacks, which receive each new login. A consumer
-    that sees an authentication failure calls :meth:`check_now`, so that a
+    that gets an authentication failure calls :meth:`check_now`, so that a
     revoked lease is noticed at once instead of at the next renewal.
     """
 
