@@ -19,10 +19,23 @@ if ! "${launcher[@]}" status >/dev/null 2>&1; then
   started=1
 fi
 cleanup() {
-  if [[ $started == 1 ]]; then "${launcher[@]}" down; fi
+  local status=$?
+  if [[ $started == 1 ]]; then
+    "${launcher[@]}" down
+    # `down` must remove every namespace and link that `up` created.
+    left=$(ip -o netns list 2>/dev/null | grep -o '^aiswa-[a-z]*' || true)
+    left+=$(ip -o link show 2>/dev/null | grep -o ' aiswa[0-9a-z-]*@\| aiswa0:' || true)
+    if [[ -n $left ]]; then
+      echo "make test: \`make down\` left pods behind: $left" >&2
+      status=1
+    fi
+  fi
+  exit $status
 }
 trap cleanup EXIT
 
 "$py" -m pytest -q -p no:cacheprovider "$@" tests/unit tests/integration
-(cd "$root" && node --test dashboard-node/test/e2e/browser.e2e.js)
+# The dashboard's page is on its pod's address when the platform runs in pods.
+dashboard_url=$("${launcher[@]}" url dashboard)
+(cd "$root" && AISWA_E2E_DASHBOARD=$dashboard_url node --test dashboard-node/test/e2e/browser.e2e.js)
 (cd "$root/dashboard-node" && npm test)

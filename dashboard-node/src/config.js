@@ -86,23 +86,41 @@ function openbaoSettings(env, amqpUrl) {
   }
   return {
     credsPath,
-    address: loopbackUrl('AISWA_OPENBAO_ADDR', env.AISWA_OPENBAO_ADDR, ['http:', 'https:'], 'https://127.0.0.1:58200'),
+    address: openbaoUrl(env.AISWA_OPENBAO_ADDR),
     caCertPath: env.AISWA_OPENBAO_CACERT || null,
     bootstrapFd: Number(fdText),
     timeoutMs: positiveNumber(env, 'AISWA_OPENBAO_TIMEOUT', 5) * 1000,
   };
 }
 
-function loopbackUrl(name, value, schemes, example = 'http://127.0.0.1:8181') {
-  let url;
+function parseUrl(name, value) {
   try {
-    url = new URL(value);
+    return new URL(value);
   } catch {
     throw new ConfigError(`${name}=${JSON.stringify(value)} is not a URL`);
   }
+}
+
+function isLoopback(url) {
   const host = url.hostname.replace(/^\[|\]$/g, '');
-  const loopback = host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
-  if (!schemes.includes(url.protocol) || !loopback) {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/** OpenBao is shared by the pods: https anywhere, plain http only on loopback. */
+function openbaoUrl(value) {
+  const url = parseUrl('AISWA_OPENBAO_ADDR', value);
+  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && isLoopback(url))) {
+    throw new ConfigError(
+      `AISWA_OPENBAO_ADDR=${JSON.stringify(value)} is invalid: it must be https://, or http:// ` +
+        'on a loopback address, because the login and credentials cross it, e.g. https://10.77.0.1:58200',
+    );
+  }
+  return value.replace(/\/+$/, '');
+}
+
+function loopbackUrl(name, value, schemes, example = 'http://127.0.0.1:8181') {
+  const url = parseUrl(name, value);
+  if (!schemes.includes(url.protocol) || !isLoopback(url)) {
     throw new ConfigError(
       `${name}=${JSON.stringify(value)} is invalid: it must be ${schemes.join(' or ')}// on a ` +
         `loopback address, because it runs beside the workload, e.g. ${example}`,

@@ -62,6 +62,9 @@ test('OpenBao settings read from environment', () => {
   assert.equal(openbao.bootstrapFd, 3);
   assert.equal(openbao.timeoutMs, 5000);
   assert.equal(loadConfig({ ...OPENBAO, AISWA_OPENBAO_CACERT: '' }).openbao.caCertPath, null);
+  // On the pods' bridge, as `make up` sets it when it runs as root.
+  assert.equal(loadConfig({ ...OPENBAO, AISWA_OPENBAO_ADDR: 'https://10.77.0.1:58200/' }).openbao.address,
+    'https://10.77.0.1:58200');
 });
 
 test('invalid OpenBao settings raise ConfigError', () => {
@@ -69,7 +72,8 @@ test('invalid OpenBao settings raise ConfigError', () => {
     [{ AISWA_OPENBAO_ADDR: undefined }, /AISWA_OPENBAO_ADDR is not set, but AISWA_AMQP_CREDS is.*`make up` sets both/],
     [{ AISWA_OPENBAO_BOOTSTRAP_FD: undefined }, /AISWA_OPENBAO_BOOTSTRAP_FD is not set, but AISWA_AMQP_CREDS is.*`make up` sets both/],
     [{ AISWA_OPENBAO_BOOTSTRAP_FD: 'three' }, /AISWA_OPENBAO_BOOTSTRAP_FD="three" is not a file descriptor number/],
-    [{ AISWA_OPENBAO_ADDR: 'https://10.0.0.5:8200' }, /AISWA_OPENBAO_ADDR=.* must be http: or https:\/\/ on a loopback address.*e\.g\. https:\/\/127\.0\.0\.1:58200/],
+    [{ AISWA_OPENBAO_ADDR: 'http://10.0.0.5:8200' }, /AISWA_OPENBAO_ADDR="http:\/\/10\.0\.0\.5:8200" is invalid: it must be https:\/\/, or http:\/\/ on a loopback address/],
+    [{ AISWA_OPENBAO_ADDR: 'bao:8200' }, /AISWA_OPENBAO_ADDR="bao:8200" is invalid/],
     [{ AISWA_AMQP_URL: 'amqp://dashboard:pw@127.0.0.1:55672/aiswa' }, /AISWA_AMQP_URL must not contain a user or password when AISWA_AMQP_CREDS is set/],
     [{ AISWA_AMQP_CREDS: '/v1/rabbitmq/creds/dashboard' }, /AISWA_AMQP_CREDS="\/v1\/rabbitmq\/creds\/dashboard" is not an OpenBao path without \/v1\//],
     [{ AISWA_AMQP_CREDS: 'rabbitmq/../sys/raw' }, /is not an OpenBao path/],

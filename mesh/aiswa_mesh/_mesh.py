@@ -5,9 +5,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
+from ._network import LOOPBACK, Network
 from ._openbao_secrets import CredentialTtl, workload_secret_paths
 from ._state import ROOT, StateLayout
 from ._supervisor import Program
+from .envoy_gateway import Address
 from .envoy_sidecar import sidecar_command, write_sidecar_config
 from .openbao import OpenBao, wait_for_identity
 
@@ -27,7 +31,12 @@ def opa_command(opa_binary: str, address: tuple[str, int]) -> list[str]:
 
 @dataclass(frozen=True)
 class MeshPorts:
-    """Loopback ports of one workload's pod: app, sidecar inbound and admin, OPA."""
+    """Ports of one workload's pod: app, sidecar inbound and admin, OPA.
+
+    The app and OPA listen on 127.0.0.1 inside the pod and the inbound
+    listener on the pod's address. With pods the admin interface is a UNIX
+    socket instead (:meth:`Mesh.admin_address`).
+    """
 
     app: int
     inbound: int
@@ -38,9 +47,7 @@ class MeshPorts:
 class Mesh:
     """The local mesh: OpenBao identities, an Envoy sidecar and an OPA per workload.
 
-    NOTE: every pod shares the loopback interface, so a local process can still
-    reach an app's plaintext port directly. Per-pod network namespaces would
-    close that gap, and they are not wired into the launcher yet.
+    Each workload's app, sidecar and OPA share a pod (aiswa_mesh._network).
     """
 
     def __init__(self, layout: StateLayout, topology: dict) -> None:
@@ -48,7 +55,9 @@ class Mesh:
         self.topology = topology
         settings = topology["mesh"]
         self.settings = settings
-        self.openbao = OpenBao(layout, int(settings["openbao_port"]))
+        self.network = Network(layout, topology)
+        self.openbao = OpenBao(layout, int(settings["openbao_port"]),
+                               listen_hosts=self.network.host_addresses)
         self.workloads = list(topology["workloads"])
         # AISWA_CERT_TTL (an OpenBao duration such as 2m) overrides the
         # topology's lifetime, so that tests can watch certificates rotate.
@@ -84,11 +93,40 @@ class Mesh:
                     if "gateway" in spec.get("clients", [])]
         return list(self.topology["workloads"][workload].get("upstreams", []))
 
+    def inbound_address(self, workload: str) -> tuple[str, int]:
+        """Return where ``workload``'s sidecar accepts mTLS calls: its pod's address."""
+        return self.network.address(workload), self.ports(workload).inbound
+
+    def admin_address(self, workload: str) -> Address:
+        """``workload``'s sidecar admin interface: a UNIX socket with pods, else loopback."""
+        if self.network.enabled:
+            return self.network.socket_path(f"sidecar-{workload}-admin")
+        return LOOPBACK, self.ports(workload).admin
+
+    def admin_client(self, workload: str, timeout: float = 2.0) -> httpx.Client:
+        """Open a client of ``workload``'s sidecar admin interface (base URL ``http://admin``)."""
+        address = self.admin_address(workload)
+        if isinstance(address, Path):
+            return httpx.Client(transport=httpx.HTTPTransport(uds=str(address)),
+                                base_url="http://admin", timeout=timeout)
+        return httpx.Client(base_url=f"http://{address[0]}:{address[1]}", timeout=timeout)
+
+    def gateway_outbound(self, upstream: str) -> Address:
+        """Return where the gateway's edge proxy reaches ``upstream`` through the gateway's sidecar.
+
+        With pods the edge proxy runs on the host and the sidecar in the
+        gateway's pod, so the outbound listeners are UNIX sockets (mode 0600).
+        """
+        if self.network.enabled:
+            return self.network.socket_path(f"gateway-to-{upstream}")
+        return LOOPBACK, self.outbound_port("gateway", upstream)
+
     def certs_dir(self, workload: str) -> Path:
         return self.layout.root / "identity" / workload
 
     def opa_url(self, workload: str) -> str:
-        return f"http://127.0.0.1:{self.ports(workload).opa}"
+        """The URL of ``workload``'s OPA, inside its pod."""
+        return f"http://{LOOPBACK}:{self.ports(workload).opa}"
 
     def render(self) -> list[Path]:
         """Write every sidecar's Envoy configuration from the topology; return the paths."""
@@ -99,18 +137,24 @@ class Mesh:
             written.append(write_sidecar_config(
                 self.topology, workload,
                 path=self.layout.envoy / f"sidecar-{workload}.yaml",
-                inbound=None if is_gateway else ("127.0.0.1", ports.inbound),
-                app=None if is_gateway else ("127.0.0.1", ports.app),
+                inbound=None if is_gateway else self.inbound_address(workload),
+                app=None if is_gateway else (LOOPBACK, ports.app),
                 upstreams={
-                    upstream: ("127.0.0.1", self.ports(upstream).inbound,
-                               self.outbound_port(workload, upstream))
+                    upstream: (*self.inbound_address(upstream),
+                               self._local_outbound(workload, upstream))
                     for upstream in self.upstreams(workload)
                 },
                 certs_dir=self.certs_dir(workload),
-                admin=("127.0.0.1", ports.admin),
+                admin=self.admin_address(workload),
                 access_log=self.layout.logs / f"sidecar-{workload}-access.log",
             ))
         return written
+
+    def _local_outbound(self, workload: str, upstream: str) -> int | Path:
+        if workload == "gateway":
+            address = self.gateway_outbound(upstream)
+            return address if isinstance(address, Path) else address[1]
+        return self.outbound_port(workload, upstream)
 
     def infrastructure_programs(self, python: str) -> list[Program]:
         root = str(self.layout.root)
@@ -140,21 +184,26 @@ class Mesh:
                 "--", *command]
 
     def openbao_environment(self) -> dict[str, str]:
-        return {"AISWA_OPENBAO_ADDR": self.openbao.address,
+        """OpenBao's address and CA for a workload in a pod: on the bridge when there are pods."""
+        address = f"https://{self.network.host_address}:{self.openbao.port}"
+        return {"AISWA_OPENBAO_ADDR": address,
                 "AISWA_OPENBAO_CACERT": str(self.openbao.ca_cert)}
 
     def workload_programs(self, workload: str, opa_binary: str) -> list[Program]:
         """Return the programs of the sidecar and OPA that start before ``workload``'s app."""
         ports = self.ports(workload)
+        in_pod = self.network.command
         programs = [Program(
             f"sidecar-{workload}",
-            sidecar_command(self.layout.envoy / f"sidecar-{workload}.yaml",
-                            log_path=self.layout.logs / f"sidecar-{workload}.envoy.log"),
+            in_pod(workload, sidecar_command(
+                self.layout.envoy / f"sidecar-{workload}.yaml",
+                log_path=self.layout.logs / f"sidecar-{workload}.envoy.log")),
             28,
         )]
         if workload != "gateway":
             programs.insert(0, Program(
-                f"opa-{workload}", opa_command(opa_binary, ("127.0.0.1", ports.opa)), 27,
+                f"opa-{workload}", in_pod(workload, opa_command(opa_binary, (LOOPBACK, ports.opa))),
+                27,
             ))
         return programs
 
@@ -163,11 +212,15 @@ class Mesh:
         """Initialise and unseal OpenBao, configure the PKI and the secrets engines; idempotent."""
         self.openbao.initialize()
         extra = {name: workload_secret_paths(self.topology, name) for name in self.workloads}
+        # A workload logs in from its pod, and its identity agent from the host's loopback.
+        cidrs = {name: ["127.0.0.0/8", *([f"{self.network.address(name)}/32"]
+                                          if self.network.enabled else [])]
+                 for name in ["gateway", *self.workloads]}
         self.openbao.configure_pki(["gateway", *self.workloads], self.topology["namespace"],
-                                   self.certificate_ttl, extra_paths=extra)
+                                   self.certificate_ttl, extra_paths=extra, bound_cidrs=cidrs)
         self.openbao.configure_secrets(self.topology, self.credential_ttl,
                                        postgres_password=postgres_password,
-                                       rabbitmq_admin=rabbitmq_admin)
+                                       rabbitmq_admin=rabbitmq_admin, bound_cidrs=cidrs)
 
     def wait_identity(self, workload: str) -> None:
         wait_for_identity(self.certs_dir(workload), timeout=60)

@@ -1,7 +1,7 @@
 """Files that the local OpenBao bootstrap writes.
 
 The listener's TLS material is a small local CA and a server certificate for
-127.0.0.1. Secret files are readable only by their owner.
+127.0.0.1 and, with pods, the bridge's address. Secret files are readable only by their owner.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import logging
 import os
 import secrets
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address as IPAddress
 from pathlib import Path
 
 from cryptography import x509
@@ -31,7 +33,7 @@ LISTENER_CERT_LIFETIME = datetime.timedelta(days=365)
 LISTENER_RENEW_BEFORE = datetime.timedelta(days=30)
 BACKDATE = datetime.timedelta(minutes=5)
 LISTENER_DNS_NAMES = ("localhost",)
-LISTENER_IP_ADDRESSES = (ipaddress.ip_address("127.0.0.1"),)
+LISTENER_IP_ADDRESSES = ("127.0.0.1",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +83,12 @@ def read_secret(path: Path) -> str:
 # --- the OpenBao listener's certificate -------------------------------------
 
 
-def ensure_listener_tls(folder: Path) -> ListenerTls:
+def ensure_listener_tls(folder: Path,
+                        ip_addresses: Sequence[str] = LISTENER_IP_ADDRESSES) -> ListenerTls:
     """Create or reuse a local CA and the listener's server certificate under ``folder``.
+
+    The server certificate names ``localhost`` and every address of
+    ``ip_addresses``; a certificate that names other addresses is replaced.
 
     The files are reused while they are valid, so that clients that trust
     ``ca.pem`` keep working across restarts. A new CA also replaces the server
@@ -102,9 +108,10 @@ def ensure_listener_tls(folder: Path) -> ListenerTls:
         ca = _create_ca(now)
         write_file_atomically(ca_key_path, _key_pem(ca[1]), 0o600)
         write_file_atomically(tls.ca_cert, _cert_pem(ca[0]), 0o644)
-    if new_ca or not _server_cert_is_valid(tls, ca[0], now):
+    addresses = [ipaddress.ip_address(address) for address in ip_addresses]
+    if new_ca or not _server_cert_is_valid(tls, ca[0], addresses, now):
         log.info("issuing the OpenBao listener certificate in %s", folder)
-        cert, key = _issue_server_cert(*ca, now)
+        cert, key = _issue_server_cert(*ca, addresses, now)
         write_file_atomically(tls.key, _key_pem(key), 0o600)
         write_file_atomically(tls.cert, _cert_pem(cert), 0o644)
     return tls
@@ -137,7 +144,7 @@ def _load_pair(
 
 
 def _server_cert_is_valid(tls: ListenerTls, ca_cert: x509.Certificate,
-                          now: datetime.datetime) -> bool:
+                          addresses: list[IPAddress], now: datetime.datetime) -> bool:
     loaded = _load_pair(tls.cert, tls.key)
     if loaded is None:
         return False
@@ -147,7 +154,7 @@ def _server_cert_is_valid(tls: ListenerTls, ca_cert: x509.Certificate,
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         return False
-    expected = {*LISTENER_DNS_NAMES, *map(str, LISTENER_IP_ADDRESSES)}
+    expected = {*LISTENER_DNS_NAMES, *map(str, addresses)}
     present = {*names.get_values_for_type(x509.DNSName),
                *map(str, names.get_values_for_type(x509.IPAddress))}
     return present == expected and _is_current(cert, now)
@@ -176,12 +183,13 @@ def _create_ca(now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCur
 
 
 def _issue_server_cert(
-    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: datetime.datetime
+    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, addresses: list[IPAddress],
+    now: datetime.datetime,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     ca_key_id = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     names: list[x509.GeneralName] = [x509.DNSName(name) for name in LISTENER_DNS_NAMES]
-    names += [x509.IPAddress(address) for address in LISTENER_IP_ADDRESSES]
+    names += [x509.IPAddress(address) for address in addresses]
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([

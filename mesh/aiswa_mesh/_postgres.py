@@ -30,6 +30,10 @@ class Postgres:
 
     layout: StateLayout
     port: int
+    # Addresses to listen on: loopback, and with pods the bridge's address.
+    listen_hosts: tuple[str, ...] = ("127.0.0.1",)
+    # The pods' range, whose clients may log in with a password; None without pods.
+    client_range: str | None = None
 
     @property
     def os_user(self) -> str:
@@ -77,18 +81,31 @@ class Postgres:
                     f"the postgres account cannot enter {self.socket_dir}; make the "
                     "checkout's parent folders executable for others (chmod o+x)"
                 )
-        if (self.data_dir / "PG_VERSION").exists():
-            return
-        self._as_owner(
-            [self.binary("initdb"), "-D", str(self.data_dir), "--auth-local=peer",
-             "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8",
-             f"--username={self.os_user}"],
-        )
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._as_owner(
+                [self.binary("initdb"), "-D", str(self.data_dir), "--auth-local=peer",
+                 "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8",
+                 f"--username={self.os_user}"],
+            )
+        self._write_hba()
+
+    def _write_hba(self) -> None:
+        """Write pg_hba.conf: the owner by peer, logins by password from loopback and the pods."""
+        lines = ["# Rendered by `make up` (aiswa_mesh._postgres); edits are lost.",
+                 "local all all peer",
+                 "host all all 127.0.0.1/32 scram-sha-256"]
+        if self.client_range:
+            lines.append(f"host all all {self.client_range} scram-sha-256")
+        path = self.data_dir / "pg_hba.conf"
+        path.write_text("\n".join(lines) + "\n")
+        os.chmod(path, 0o600)
+        if is_root():
+            shutil.chown(path, self.os_user, self.os_user)
 
     def command(self) -> list[str]:
         return [
             self.binary("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-            "-c", "listen_addresses=127.0.0.1",
+            "-c", f"listen_addresses={','.join(self.listen_hosts)}",
             "-c", f"unix_socket_directories={self.socket_dir}",
             "-c", "log_destination=stderr",
             "-c", "logging_collector=off",

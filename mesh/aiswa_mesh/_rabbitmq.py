@@ -27,6 +27,8 @@ class RabbitMQ:
     epmd_port: int
     vhost: str
     management_port: int
+    # Addresses of the AMQP listener: loopback, and with pods the bridge's address.
+    listen_hosts: tuple[str, ...] = ("127.0.0.1",)
 
     @property
     def home(self) -> Path:
@@ -37,8 +39,6 @@ class RabbitMQ:
         return {
             "HOME": str(home),
             "RABBITMQ_NODENAME": "aiswa@localhost",
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.amqp_port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
@@ -63,9 +63,11 @@ class RabbitMQ:
             fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
             with os.fdopen(fd, "w") as stream:
                 stream.write(self.layout.secret("erlang-cookie").replace("-", "x"))
+        listeners = "".join(f"listeners.tcp.{index} = {host}:{self.amqp_port}\n"
+                            for index, host in enumerate(self.listen_hosts, start=1))
         (home / "rabbitmq.conf").write_text(
             "# Rendered by `make up` (aiswa_mesh.launcher).\n"
-            f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
+            f"{listeners}"
             # The management API, for OpenBao's RabbitMQ secrets engine only.
             f"management.tcp.ip = 127.0.0.1\n"
             f"management.tcp.port = {self.management_port}\n"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -21,6 +20,7 @@ from ._mesh import Mesh
 from ._state import ROOT, default_layout
 from ._supervisor import Supervisor
 from .envoy_sidecar import identity_dns, identity_uri
+from .probe import connect
 from .render import verify
 
 
@@ -96,6 +96,34 @@ def _check_credentials(layout, topology: dict, mesh: Mesh, report: Report) -> No
                                                               " (every login expires)"))
 
 
+def _check_isolation(mesh: Mesh, report: Report) -> None:
+    """Report whether each app port accepts connections inside its pod and nowhere else."""
+    network = mesh.network
+    if not network.enabled:
+        report.line("WARN", "no pods: app ports listen on the host's loopback interface, so "
+                            "local processes can reach them without mTLS (the launcher runs "
+                            "without pods when it is not root, or with AISWA_PODS=off)")
+        return
+    for workload in mesh.workloads:
+        port = mesh.ports(workload).app
+        inside = network.probe(workload, "connect", f"127.0.0.1:{port}", timeout=0)
+        if inside.returncode != 0:
+            report.line("FAIL", f"app port {port} of {workload} does not answer inside its pod "
+                                f"({inside.stdout.strip() or inside.stderr.strip()})")
+            continue
+        pod_address = network.address(workload)
+        reached = [f"the host at {host}:{port}" for host in ("127.0.0.1", pod_address)
+                   if connect(host, port) == "open"]
+        # Another pod tries the pod's address: gateway, or users for the gateway's targets.
+        other = "gateway" if workload != "gateway" else "users"
+        if network.probe(other, "connect", f"{pod_address}:{port}", timeout=0).returncode == 0:
+            reached.append(f"the {other} pod at {pod_address}:{port}")
+        report.line("FAIL" if reached else "PASS",
+                    f"app port {port} of {workload} answers only inside its pod"
+                    + (f", but is reachable from {', '.join(reached)}" if reached else
+                       f" (refused from the host and from the {other} pod)"))
+
+
 def run(min_hours: float | None) -> int:
     layout = default_layout()
     topology = load_topology(str(ROOT / "mesh" / "topology.yaml"))
@@ -129,13 +157,12 @@ def run(min_hours: float | None) -> int:
                                                       f"{workload}.{namespace}, valid, from the mesh root"))
     for workload in mesh.workloads:
         url = f"{mesh.opa_url(workload)}/health"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                ok = reply.status == 200
-        except OSError as exc:
-            ok = False
-            url = f"{url} ({exc})"
-        report.line("PASS" if ok else "FAIL", f"OPA of {workload} answers at {url}")
+        # OPA listens inside the pod, so the probe runs there.
+        result = mesh.network.probe(workload, "http", url, timeout=0)
+        where = f"{url} in its pod" if mesh.network.enabled else url
+        report.line("PASS" if result.returncode == 0 else "FAIL",
+                    f"OPA of {workload} answers at {where}"
+                    + ("" if result.returncode == 0 else f" ({result.stderr.strip()})"))
     _check_credentials(layout, topology, mesh, report)
     matrix = yaml.safe_load((ROOT / "policies" / "rego" / "expected_matrix.yaml").read_text())
     covered = {method for methods in matrix["expected_matrix"]["destinations"].values()
@@ -151,10 +178,7 @@ def run(min_hours: float | None) -> int:
     report.line("FAIL" if missing else "PASS",
                 f"policy expectation covers every RPC method ({len(methods)})"
                 + (f"; missing: {missing}" if missing else ""))
-    # NOTE: per-pod network namespaces are not built yet, so this is a warning
-    # and not a pass: app ports listen on the shared loopback interface.
-    report.line("WARN", "app ports listen on 127.0.0.1 outside any pod namespace: local "
-                        "processes can reach them without mTLS")
+    _check_isolation(mesh, report)
     print(f"\n{report.failures} check(s) failed" if report.failures else "\nall checks passed")
     return 1 if report.failures else 0
 

@@ -63,13 +63,14 @@ class JsonLinesCollector(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-async def serve(address: str, output: Path) -> None:
+async def serve(addresses: list[str], output: Path) -> None:
     server = grpc.aio.server()
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(JsonLinesCollector(output), server)
-    if server.add_insecure_port(address) == 0:
-        raise SystemExit(f"collector: cannot bind {address}; is another process using it?")
+    for address in addresses:
+        if server.add_insecure_port(address) == 0:
+            raise SystemExit(f"collector: cannot bind {address}; is another process using it?")
     await server.start()
-    log.warning("collector started on %s, writing %s", address, output)
+    log.warning("collector started on %s, writing %s", ", ".join(addresses), output)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -81,7 +82,8 @@ async def serve(address: str, output: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--address", required=True, help="HOST:PORT to listen on")
+    parser.add_argument("--address", required=True, action="append",
+                        help="HOST:PORT to listen on; repeat it for more addresses")
     parser.add_argument("--output", type=Path, required=True, help="JSON lines file to append to")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from aiswa_cli.main import main as aiswa
-from aiswa_runtime import load_topology
 
-from ._state import ROOT, default_layout
+from ._state import default_layout
+from .launcher import Platform
 
 
 def main() -> None:
@@ -38,13 +38,14 @@ def main() -> None:
     if aiswa([*common, "analyze", str(package), "--project", f"stdlib-{args.package}"]) != 0:
         sys.exit(1)
     print(f"\nThe main job took {time.monotonic() - started:.1f} s.")
-    print("API:   https://127.0.0.1:8443 (CA certificate: "
-          f"{layout.pki / 'gateway-ca.pem'})")
+    platform = Platform(layout)
+    print(f"API:   {platform.gateway_url} (CA certificate: {layout.pki / 'gateway-ca.pem'})")
     print(f"Logs:  {layout.logs}/<program>.log, traces in {layout.traces}")
-    print("Metrics: http://127.0.0.1:51051..51055/metrics (Prometheus, one per service)")
-    dashboard = load_topology(str(ROOT / "mesh" / "topology.yaml"))["workloads"]["dashboard"]
-    print(f"Dashboard: http://127.0.0.1:{dashboard['http_port']}/ (live runs, queues, "
-          "request rates, denials and breakers)")
+    metrics = [f"http://{platform.network.address(name)}:{spec['port'] + 1000}/metrics"
+               for name, spec in platform.topology["workloads"].items()]
+    print("Metrics (Prometheus, one per service):", *metrics, sep="\n  ")
+    print(f"Dashboard: {platform.dashboard_url} (live runs, queues, request rates, denials "
+          "and breakers)")
 
 
 if __name__ == "__main__":

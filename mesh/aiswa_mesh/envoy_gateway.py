@@ -67,12 +67,12 @@ def render_gateway_config(
     descriptor_set: Path,
     tls: GatewayTls,
     access_log: Path,
-    service_hosts: dict[str, tuple[str, int]] | None = None,
+    service_hosts: dict[str, Address] | None = None,
 ) -> dict:
     """Build the gateway's Envoy bootstrap as a dict, ready to dump as YAML.
 
-    ``service_hosts`` maps workload names to the (host, port) that the gateway
-    sends their calls to. Workloads missing from it use 127.0.0.1 and their
+    ``service_hosts`` maps workload names to the (host, port) or UNIX socket
+    that the gateway sends their calls to. Workloads missing from it use 127.0.0.1 and their
     topology port. Raises ``ValueError`` when a method named in the topology's
     ``public_methods`` or ``internal_methods`` is not in the descriptor set.
     """
@@ -110,7 +110,7 @@ def render_gateway_config(
                 http_rules,
             )],
             "clusters": [
-                *(_workload_cluster(name, *hosts[name]) for name in workloads),
+                *(_workload_cluster(name, hosts[name]) for name in workloads),
                 _jwks_cluster(https_port, tls),
                 *_collector_cluster(topology),
             ],
@@ -587,10 +587,10 @@ def _access_log(path: Path) -> dict:
 # --- clusters -----------------------------------------------------------------
 
 
-def _workload_cluster(name: str, host: str, port: int) -> dict:
+def _workload_cluster(name: str, address: Address) -> dict:
     return {
         "name": name,
-        **_endpoint(name, host, port),
+        **_endpoint(name, address),
         # Workloads run on this host, so a connection not open after 2 s has
         # failed (Envoy's default is 5 s).
         "connect_timeout": "2s",
@@ -677,7 +677,7 @@ def _collector_cluster(topology: dict) -> list[dict]:
         return []
     return [{
         "name": _COLLECTOR_CLUSTER,
-        **_endpoint(_COLLECTOR_CLUSTER, "127.0.0.1", int(collector["port"])),
+        **_endpoint(_COLLECTOR_CLUSTER, ("127.0.0.1", int(collector["port"]))),
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -693,7 +693,7 @@ def _jwks_cluster(https_port: int, tls: GatewayTls) -> dict:
     # jwt_authn fetches the JWKS through this cluster from the gateway's own listener.
     return {
         "name": JWKS_CLUSTER,
-        **_endpoint(JWKS_CLUSTER, "127.0.0.1", https_port),
+        **_endpoint(JWKS_CLUSTER, ("127.0.0.1", https_port)),
         "connect_timeout": "2s",
         "transport_socket": {
             "name": "envoy.transport_sockets.tls",
@@ -718,22 +718,33 @@ def _jwks_cluster(https_port: int, tls: GatewayTls) -> dict:
     }
 
 
-def _endpoint(cluster: str, host: str, port: int) -> dict:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        # A host name: resolve it, and again when its address changes.
-        kind = "STRICT_DNS"
-    else:
-        kind = "STATIC"
+# Where Envoy listens or connects: a (host, port) pair, or a UNIX socket's path.
+Address = tuple[str, int] | Path
+
+
+def _endpoint(cluster: str, address: Address) -> dict:
+    kind = "STATIC"
+    if not isinstance(address, Path):
+        try:
+            ipaddress.ip_address(address[0])
+        except ValueError:
+            # A host name: resolve it, and again when its address changes.
+            kind = "STRICT_DNS"
     return {
         "type": kind,
         "load_assignment": {
             "cluster_name": cluster,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _envoy_address(address)}}]}],
         },
     }
 
 
 def _socket_address(host: str, port: int) -> dict:
     return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _envoy_address(address: Address) -> dict:
+    """Return Envoy's form of ``address``; a UNIX socket is for its owner only (mode 0600)."""
+    if isinstance(address, Path):
+        return {"pipe": {"path": str(address), "mode": 0o600}}
+    return _socket_address(*address)

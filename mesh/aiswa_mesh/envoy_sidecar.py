@@ -41,7 +41,9 @@ from cryptography.hazmat.primitives import serialization
 
 from .envoy_gateway import (
     _TYPE_PREFIX,
+    Address,
     _endpoint,
+    _envoy_address,
     _failure_limits,
     _socket_address,
     envoy_binary,
@@ -75,11 +77,15 @@ _SECRET_TYPE = _TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
 class Upstream(NamedTuple):
-    """Address of one upstream: its sidecar's inbound host and port, and the local outbound port."""
+    """Address of one upstream: its sidecar's inbound host and port, and the local outbound port.
+
+    ``local_port`` is a port on 127.0.0.1, or a UNIX socket's path for a
+    caller outside the pod (the gateway's edge proxy).
+    """
 
     host: str
     port: int
-    local_port: int
+    local_port: int | Path
 
 
 def identity_uri(service: str, namespace: str) -> str:
@@ -125,9 +131,9 @@ def render_sidecar_config(
     *,
     inbound: tuple[str, int] | None,
     app: tuple[str, int] | None,
-    upstreams: dict[str, tuple[str, int, int]],
+    upstreams: dict[str, tuple[str, int, int | Path]],
     sds_dir: Path,
-    admin: tuple[str, int],
+    admin: Address,
     access_log: Path,
 ) -> dict:
     """Build the Envoy bootstrap of ``workload``'s sidecar as a dict, ready to dump as YAML.
@@ -136,8 +142,9 @@ def render_sidecar_config(
     (host, port) of the app's plaintext gRPC server, both None for
     ``gateway``, which has no inbound side. ``upstreams`` maps each upstream
     workload to (its sidecar's inbound host, its inbound port, the local
-    outbound port on 127.0.0.1), and must name exactly the upstreams of
-    :func:`expected_upstreams`. ``sds_dir`` contains the SDS files that
+    outbound port on 127.0.0.1 or a UNIX socket's path), and must name exactly
+    the upstreams of :func:`expected_upstreams`. ``admin`` is a (host, port)
+    or a UNIX socket's path. ``sds_dir`` contains the SDS files that
     :func:`render_sds_files` returns. Raises ``ValueError`` when the arguments
     disagree with the topology.
     """
@@ -158,7 +165,7 @@ def render_sidecar_config(
 
     return {
         "node": {"id": f"aiswa-sidecar-{workload}", "cluster": f"aiswa-{workload}"},
-        "admin": {"address": _socket_address(*admin)},
+        "admin": {"address": _envoy_address(admin)},
         # Envoy 1.40 warns at start without a limit on downstream connections.
         # NOTE: 4096 is an estimate, far above what one local workload opens.
         "overload_manager": {
@@ -218,9 +225,9 @@ def write_sidecar_config(
     path: Path,
     inbound: tuple[str, int] | None,
     app: tuple[str, int] | None,
-    upstreams: dict[str, tuple[str, int, int]],
+    upstreams: dict[str, tuple[str, int, int | Path]],
     certs_dir: Path,
-    admin: tuple[str, int],
+    admin: Address,
     access_log: Path,
 ) -> Path:
     """Render the sidecar bootstrap, write it to ``path`` as YAML and return ``path``.
@@ -437,7 +444,7 @@ def _check_upstreams(
     local_ports = [upstream.local_port for upstream in routes.values()]
     if inbound is not None:
         local_ports.append(inbound[1])
-    duplicates = sorted({port for port in local_ports if local_ports.count(port) > 1})
+    duplicates = sorted({port for port in local_ports if local_ports.count(port) > 1}, key=str)
     if duplicates:
         raise ValueError(
             f"the sidecar of {workload!r} would listen twice on the ports {duplicates}; "
@@ -556,7 +563,7 @@ def _rbac_filter(namespace: str, clients: list[str]) -> dict:
 def _app_cluster(host: str, port: int) -> dict:
     return {
         "name": APP_CLUSTER,
-        **_endpoint(APP_CLUSTER, host, port),
+        **_endpoint(APP_CLUSTER, (host, port)),
         # The app runs in the same pod, so a connection not open after 1 s
         # has failed (Envoy's default is 5 s).
         "connect_timeout": "1s",
@@ -567,12 +574,13 @@ def _app_cluster(host: str, port: int) -> dict:
 # --- outbound -----------------------------------------------------------------------
 
 
-def _outbound_listener(upstream: str, local_port: int, access_log: Path) -> dict:
+def _outbound_listener(upstream: str, local_port: int | Path, access_log: Path) -> dict:
     name = f"outbound_{upstream}"
     return {
         "name": name,
         # Only the app in the same pod may send plaintext calls into the mesh.
-        "address": _socket_address("127.0.0.1", local_port),
+        "address": _envoy_address(local_port if isinstance(local_port, Path)
+                                  else ("127.0.0.1", local_port)),
         "filter_chains": [{
             "filters": [{
                 "name": "envoy.filters.network.http_connection_manager",
@@ -605,7 +613,7 @@ def _outbound_cluster(namespace: str, upstream: str, address: Upstream, sds_dir:
     name = f"outbound_{upstream}"
     return {
         "name": name,
-        **_endpoint(name, address.host, address.port),
+        **_endpoint(name, (address.host, address.port)),
         # Sidecars run on this host, so a connection not open after 2 s has
         # failed (Envoy's default is 5 s).
         "connect_timeout": "2s",

@@ -1,8 +1,10 @@
 """Start, stop and inspect the local AI-SWA platform under supervisord.
 
-Usage: ``python -m aiswa_mesh.launcher up|down|status|logs``. Everything it
-creates lives under the state folder (``.state/`` in the checkout, or
-``AISWA_STATE_DIR``); ``down`` stops only the processes it started.
+Usage: ``python -m aiswa_mesh.launcher up|down|status|logs|url NAME``.
+Everything it creates lives under the state folder (``.state/`` in the
+checkout, or ``AISWA_STATE_DIR``), except the pods' network namespaces and
+links (aiswa_mesh._network); ``down`` stops only the processes it started and
+removes only the namespaces and links that it created.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+import httpx
 
 from aiswa_runtime import load_topology
 from aiswa_runtime._amqp import declare_topology
 
 from ._mesh import Mesh
+from ._network import CIDR_VARIABLE
 from ._openbao_secrets import (
     DATABASE_MOUNT,
     OPERATOR_ROLE,
@@ -39,6 +42,7 @@ from ._postgres import Postgres
 from ._rabbitmq import RabbitMQ
 from .deliver import pipe_with
 from .openbao import BOOTSTRAP_FD_VARIABLE
+from .pods import PodsConfigError
 from ._state import ROOT, StateLayout, default_layout, is_root
 from ._supervisor import Program, Supervisor, render_config
 
@@ -56,18 +60,31 @@ class Platform:
     def __init__(self, layout: StateLayout) -> None:
         self.layout = layout
         self.topology = load_topology(str(ROOT / "mesh" / "topology.yaml"))
-        infra = self.topology["infrastructure"]
-        self.postgres = Postgres(layout, infra["postgres"]["port"])
-        rabbit = infra["rabbitmq"]
-        self.rabbitmq = RabbitMQ(
-            layout, rabbit["amqp_port"], rabbit["dist_port"], rabbit["epmd_port"], rabbit["vhost"],
-            rabbit["management_port"],
-        )
         self.supervisor = Supervisor(layout)
         if os.environ.get("AISWA_MESH") == "0":
             raise SystemExit("AISWA_MESH=0 is no longer supported: the services get their "
                              "database and RabbitMQ credentials from the mesh's OpenBao")
-        self.mesh = Mesh(layout, self.topology)
+        self._configure()
+
+    def _configure(self) -> None:
+        """Set every server's addresses from the pods' current state (see _network)."""
+        layout = self.layout
+        try:
+            self.mesh = Mesh(layout, self.topology)
+        except PodsConfigError as exc:
+            raise SystemExit(f"launcher: {exc} (mesh.pods in mesh/topology.yaml, or "
+                             f"{CIDR_VARIABLE})") from None
+        self.network = self.mesh.network
+        hosts = tuple(self.network.host_addresses)
+        infra = self.topology["infrastructure"]
+        self.postgres = Postgres(
+            layout, infra["postgres"]["port"], listen_hosts=hosts,
+            client_range=str(self.network.pods.network) if self.network.enabled else None)
+        rabbit = infra["rabbitmq"]
+        self.rabbitmq = RabbitMQ(
+            layout, rabbit["amqp_port"], rabbit["dist_port"], rabbit["epmd_port"], rabbit["vhost"],
+            rabbit["management_port"], listen_hosts=hosts,
+        )
 
     @property
     def gateway_url(self) -> str:
@@ -75,36 +92,41 @@ class Platform:
 
     @property
     def dashboard_url(self) -> str:
-        return f"http://127.0.0.1:{self.topology['workloads']['dashboard']['http_port']}/"
+        """The live page: on the dashboard's pod address, which the host reaches over the bridge."""
+        return (f"http://{self.network.address('dashboard')}:"
+                f"{self.topology['workloads']['dashboard']['http_port']}/")
 
     def service_environment(self, name: str) -> dict[str, str]:
         workload = self.topology["workloads"][name]
         infra = self.topology["infrastructure"]
         layout = self.layout
+        # Shared servers, as the pods reach them: on the bridge when there are pods.
+        host = self.network.host_address
         env = {
             "AISWA_SERVICE": name,
             "AISWA_NAMESPACE": self.topology["namespace"],
+            # Inside the pod only: its sidecar is the one way in.
             "AISWA_GRPC_ADDRESS": f"127.0.0.1:{workload['port']}",
-            "AISWA_METRICS_ADDRESS": f"127.0.0.1:{workload['port'] + 1000}",
+            # On the pod's address, for a metrics scraper on the host.
+            "AISWA_METRICS_ADDRESS": f"{self.network.address(name)}:{workload['port'] + 1000}",
             "AISWA_STATE_DIR": str(layout.root),
             "AISWA_TOPOLOGY": str(ROOT / "mesh" / "topology.yaml"),
             "AISWA_TRACE_EXPORTER": os.environ.get("AISWA_TRACE_EXPORTER", "otlp"),
-            "AISWA_TRACE_ENDPOINT": f"127.0.0.1:{infra['collector']['port']}",
+            "AISWA_TRACE_ENDPOINT": f"{host}:{infra['collector']['port']}",
             "AISWA_LOG_LEVEL": os.environ.get("AISWA_LOG_LEVEL", "INFO"),
             "PYTHONUNBUFFERED": "1",
             # No credentials: the service obtains them from OpenBao with the
             # login that aiswa_mesh.deliver hands over, and renews them.
-            "AISWA_AMQP_URL": (f"amqp://127.0.0.1:{infra['rabbitmq']['amqp_port']}"
+            "AISWA_AMQP_URL": (f"amqp://{host}:{infra['rabbitmq']['amqp_port']}"
                                f"/{infra['rabbitmq']['vhost']}"),
             "AISWA_AMQP_CREDS": f"{RABBITMQ_MOUNT}/creds/{name}",
         }
         env.update(self.mesh.openbao_environment())
         if "database" in workload:
-            env["AISWA_DATABASE_URL"] = (f"postgresql://127.0.0.1:{infra['postgres']['port']}"
+            env["AISWA_DATABASE_URL"] = (f"postgresql://{host}:{infra['postgres']['port']}"
                                          f"/{workload['database']}")
             env["AISWA_DATABASE_CREDS"] = f"{DATABASE_MOUNT}/creds/{database_roles(name)[0]}"
         for upstream in workload.get("upstreams", []):
-            port = self.topology["workloads"][upstream]["port"]
             port = self.mesh.outbound_port(name, upstream)
             env[f"AISWA_UPSTREAM_{upstream.upper()}"] = f"127.0.0.1:{port}"
         env["AISWA_OPA_URL"] = self.mesh.opa_url(name)
@@ -113,14 +135,14 @@ class Platform:
         if name == "projects":
             env["AISWA_ARCHIVE_DIR"] = str(layout.archives)
         if name == "dashboard":
-            env["AISWA_HTTP_ADDRESS"] = f"127.0.0.1:{workload['http_port']}"
+            env["AISWA_HTTP_ADDRESS"] = f"{self.network.address(name)}:{workload['http_port']}"
             env["AISWA_PROTO_ROOT"] = str(ROOT / "proto")
             queues = self.topology["queues"]
             env["AISWA_DASHBOARD_WATCH_QUEUES"] = ",".join(
                 [*queues, *(spec["dead_letter"] for spec in queues.values() if "dead_letter" in spec)])
             # NOTE: browsers cannot send the mesh identity that OPA needs, so
-            # the page's WebSocket is open to local clients, like the app
-            # ports. The gRPC stream stays behind the sidecar and OPA.
+            # the page and its WebSocket are open to the host and the other
+            # pods. The gRPC stream stays behind the sidecar and OPA.
             env["AISWA_DASHBOARD_WS_AUTHZ"] = "off"
         return env
 
@@ -132,24 +154,29 @@ class Platform:
             Program("epmd", self.rabbitmq.epmd_command(), 15),
             Program("rabbitmq", self.rabbitmq.command(), 20,
                     environment=self.rabbitmq.environment(), stop_wait_seconds=60),
-            Program("collector", [python, "-m", "aiswa_mesh.collector", "--address",
-                                  f"127.0.0.1:{self.topology['infrastructure']['collector']['port']}",
-                                  "--output", str(self.layout.traces / "spans.jsonl")], 25,
-                    directory=ROOT),
+            Program("collector", [
+                python, "-m", "aiswa_mesh.collector",
+                *(argument for host in self.network.host_addresses for argument in (
+                    "--address", f"{host}:{self.topology['infrastructure']['collector']['port']}")),
+                "--output", str(self.layout.traces / "spans.jsonl")], 25, directory=ROOT),
         ]
         programs += self.mesh.infrastructure_programs(python)
         opa = str(self.layout.root / "tools" / "go" / "bin" / "opa")
         for name in ("gateway", *SERVICES):
             programs += self.mesh.workload_programs(name, opa)
+        # deliver runs on the host, where it reaches OpenBao, and then
+        # executes `ip netns exec <pod>`, which executes the app in its pod.
+        in_pod = self.network.command
         for priority, name in enumerate(PYTHON_SERVICES, start=30):
             programs.append(Program(
-                name, self.mesh.delivered(python, name, [python, "-m", f"aiswa_{name}", "serve"]),
+                name, self.mesh.delivered(
+                    python, name, in_pod(name, [python, "-m", f"aiswa_{name}", "serve"])),
                 priority, environment=self.service_environment(name), directory=ROOT,
             ))
         for name in NODE_SERVICES:
             programs.append(Program(
-                name, self.mesh.delivered(
-                    python, name, ["node", str(ROOT / f"{name}-node" / "src" / "main.js")]),
+                name, self.mesh.delivered(python, name, in_pod(
+                    name, ["node", str(ROOT / f"{name}-node" / "src" / "main.js")])),
                 45, environment=self.service_environment(name), directory=ROOT / f"{name}-node",
             ))
         programs.append(Program(
@@ -169,8 +196,10 @@ class Platform:
 
         tls = ensure_gateway_tls(self.layout.pki)
         # The edge calls each workload through the gateway's own sidecar,
-        # which presents the `gateway` identity.
-        service_hosts = {name: ("127.0.0.1", self.mesh.outbound_port("gateway", name))
+        # which presents the `gateway` identity. The edge is the platform's
+        # ingress and stays on the host; with pods it reaches the sidecar in
+        # the gateway's pod through UNIX sockets.
+        service_hosts = {name: self.mesh.gateway_outbound(name)
                          for name in self.mesh.upstreams("gateway")}
         return write_gateway_config(
             self.topology,
@@ -199,9 +228,14 @@ class Platform:
     def up(self) -> None:
         layout = self.layout
         layout.create()
-        if not is_root():
-            print("launcher: not root, so every workload shares the loopback interface; "
-                  "any local process can reach the services' gRPC ports")
+        fallback = self.network.start()
+        self._configure()
+        if fallback:
+            print(f"launcher: no pods: {fallback}")
+        else:
+            pods = self.network.pods
+            print(f"launcher: one pod per workload on bridge {pods.bridge} ({pods.network}); "
+                  f"shared servers listen on {pods.host_address}")
         self.postgres.prepare()
         self.rabbitmq.prepare()
         # Static passwords of earlier versions; OpenBao issues every login now.
@@ -231,14 +265,12 @@ class Platform:
         for name in PYTHON_SERVICES:
             self._migrate(name)
             self._start_pod_sidecars(name)
-            port = self.topology["workloads"][name]["port"]
-            self._start(name, lambda port=port, name=name: _wait_grpc_health(name, port))
+            self._start(name, lambda name=name: self._wait_app(name))
             if name == "users":
                 self._bootstrap_admin()
         for name in NODE_SERVICES:
             self._start_pod_sidecars(name)
-            port = self.topology["workloads"][name]["port"]
-            self._start(name, lambda port=port, name=name: _wait_grpc_health(name, port))
+            self._start(name, lambda name=name: self._wait_app(name))
         self._start_pod_sidecars("gateway")
         self._start("gateway", self._wait_gateway)
         print(f"AI-SWA is up.\n  API (REST/JSON and gRPC): {self.gateway_url}"
@@ -265,11 +297,19 @@ class Platform:
 
     def _start_pod_sidecars(self, name: str) -> None:
         mesh = self.mesh
-        ports = mesh.ports(name)
         if name != "gateway":
-            self._start(f"opa-{name}", lambda: _wait_http(f"{mesh.opa_url(name)}/health"))
-        self._start(f"sidecar-{name}",
-                    lambda: _wait_http(f"http://127.0.0.1:{ports.admin}/ready"))
+            self._start(f"opa-{name}",
+                        lambda: self._probe(name, "http", f"{mesh.opa_url(name)}/health"))
+        self._start(f"sidecar-{name}", lambda: _wait_admin_ready(mesh, name))
+
+    def _wait_app(self, name: str) -> None:
+        self._probe(name, "grpc-health", f"127.0.0.1:{self.topology['workloads'][name]['port']}")
+
+    def _probe(self, pod: str, kind: str, target: str, timeout: float = 60.0) -> None:
+        """Wait for a server inside ``pod`` with aiswa_mesh.probe, run in that pod."""
+        result = self.network.probe(pod, kind, target, timeout=timeout)
+        if result.returncode != 0:
+            raise SystemExit(f"{pod}: {(result.stderr or result.stdout).strip()}")
 
     def _declare_rabbitmq_topology(self) -> None:
         """Declare every exchange and queue with a short-lived operator login.
@@ -290,14 +330,16 @@ class Platform:
 
     def _one_shot(self, name: str, approle: str, database_role: str,
                   args: list[str]) -> subprocess.CompletedProcess[str]:
-        """Run ``python -m aiswa_<name> ARGS`` with its own single-use login as ``approle``."""
+        """Run ``python -m aiswa_<name> ARGS`` in the pod of ``name``, with its own single-use
+        login as ``approle``, which may log in only from that pod."""
         env = {**os.environ, **self.service_environment(name),
                "AISWA_DATABASE_CREDS": f"{DATABASE_MOUNT}/creds/{database_role}"}
         read_end = pipe_with(self.mesh.openbao.bootstrap_payload(approle))
         env[BOOTSTRAP_FD_VARIABLE] = str(read_end)
         try:
             return subprocess.run(
-                [str(self.layout.venv_python), "-m", f"aiswa_{name}", *args],
+                self.network.command(
+                    name, [str(self.layout.venv_python), "-m", f"aiswa_{name}", *args]),
                 env=env, capture_output=True, text=True, check=False, cwd=ROOT,
                 pass_fds=(read_end,),
             )
@@ -345,45 +387,33 @@ class Platform:
         print(f"  {name:<10} ready ({time.monotonic() - started:.1f} s)")
 
     def down(self) -> None:
-        if not self.supervisor.running():
+        if self.supervisor.running():
+            self.supervisor.shutdown()
+            print("AI-SWA stopped.")
+        else:
             print("launcher: the platform is not running")
-            return
-        self.supervisor.shutdown()
-        print("AI-SWA stopped.")
+        if self.network.enabled:
+            # After the programs: a namespace with processes in it lives on.
+            self.network.stop()
+            print(f"launcher: removed the pods and bridge {self.network.pods.bridge}")
 
 
-def _wait_grpc_health(name: str, port: int, timeout: float = 60.0) -> None:
+def _wait_admin_ready(mesh: Mesh, workload: str, timeout: float = 60.0) -> None:
+    """Wait until ``workload``'s sidecar reports ready on its admin interface."""
     deadline = time.monotonic() + timeout
     last = ""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    with mesh.admin_client(workload) as admin:
         while time.monotonic() < deadline:
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                reply = admin.get("/ready")
+                if reply.status_code == 200:
                     return
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            except grpc.RpcError as exc:
-                last = exc.code().name
+                last = f"status {reply.status_code}: {reply.text.strip()}"
+            except httpx.HTTPError as exc:
+                last = str(exc)
             time.sleep(0.3)
-    raise SystemExit(f"{name} did not report SERVING on port {port} within {timeout:.0f} s "
-                     f"(last: {last})")
-
-
-def _wait_http(url: str, timeout: float = 60.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.3)
-    raise SystemExit(f"{url} did not return 200 within {timeout:.0f} s (last error: {last})")
+    raise SystemExit(f"the sidecar of {workload} was not ready at {mesh.admin_address(workload)} "
+                     f"within {timeout:.0f} s (last: {last})")
 
 
 def _wait_grpc_port(name: str, port: int, timeout: float = 30.0) -> None:
@@ -402,7 +432,9 @@ def _print_tail(path: Path, lines: int = 30) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "logs"])
+    parser.add_argument("command", choices=["up", "down", "status", "logs", "url"])
+    parser.add_argument("name", nargs="?", choices=["gateway", "dashboard"],
+                        help="with url: the address to print")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="launcher: %(message)s")
     platform = Platform(default_layout())
@@ -416,6 +448,8 @@ def main() -> None:
             sys.exit(3)
         print(platform.supervisor.status_text(), end="")
         print(f"API: {platform.gateway_url}   logs: {platform.layout.logs}")
+    elif args.command == "url":
+        print(platform.dashboard_url if args.name == "dashboard" else platform.gateway_url)
     else:
         for path in sorted(platform.layout.logs.glob("*.log")):
             _print_tail(path, 10)

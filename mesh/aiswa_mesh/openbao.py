@@ -1,7 +1,7 @@
 """Run the local OpenBao server and issue each workload's mesh certificate from it.
 
 The server stores its data under ``<state>/openbao/data`` and listens with TLS
-on 127.0.0.1 only. :class:`OpenBao` writes its configuration, initializes and
+on 127.0.0.1 and, with pods, on the pods' bridge. :class:`OpenBao` writes its configuration, initializes and
 unseals it, and mounts the mesh PKI: a root (``pki``), an intermediate
 (``pki_int``) and, per workload, a role, a policy and an AppRole that can
 issue only that workload's identity. The agent (``python -m
@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -84,6 +84,15 @@ log = logging.getLogger("aiswa.openbao")
 # Workloads reach OpenBao over loopback only, so their AppRole credentials and
 # tokens are accepted only from there.
 DEFAULT_BOUND_CIDRS = ("127.0.0.0/8",)
+# The source ranges from which each workload's AppRole may log in: the same
+# ranges for every workload, or a mapping from workload to its ranges.
+BoundCidrs = Iterable[str] | Mapping[str, Iterable[str]]
+
+
+def _cidrs_of(bound_cidrs: BoundCidrs, workload: str) -> list[str]:
+    if isinstance(bound_cidrs, Mapping):
+        return list(bound_cidrs.get(workload, DEFAULT_BOUND_CIDRS))
+    return list(bound_cidrs)
 # The environment variable that names the pipe with a process's login payload.
 BOOTSTRAP_FD_VARIABLE = "AISWA_OPENBAO_BOOTSTRAP_FD"
 
@@ -116,16 +125,19 @@ class OpenBao:
     """The local OpenBao server: its files, its process command and its bootstrap.
 
     ``state`` is a :class:`StateLayout` or the state folder itself. OpenBao
-    listens on ``127.0.0.1:port`` and uses ``cluster_port`` (default
-    ``port + 1``, also on 127.0.0.1) for its Raft storage.
+    listens on ``127.0.0.1:port`` and on ``port`` of every other address of
+    ``listen_hosts`` (the pods' bridge), and uses ``cluster_port`` (default
+    ``port + 1``, on 127.0.0.1) for its Raft storage.
     """
 
     def __init__(self, state: StateLayout | Path, port: int, *,
-                 cluster_port: int | None = None) -> None:
+                 cluster_port: int | None = None,
+                 listen_hosts: Sequence[str] = ("127.0.0.1",)) -> None:
         # Test for StateLayout explicitly: a Path also has a ``root`` attribute ("/").
         self.root = state.root if isinstance(state, StateLayout) else Path(state)
         self.port = port
         self.cluster_port = port + 1 if cluster_port is None else cluster_port
+        self.listen_hosts = list(dict.fromkeys(["127.0.0.1", *listen_hosts]))
 
     # --- paths -----------------------------------------------------------
 
@@ -183,12 +195,12 @@ class OpenBao:
 
         Storage is OpenBao's integrated Raft storage with one node, because
         OpenBao 2.7 removed the ``file`` backend. Both listeners bind to
-        127.0.0.1. The web UI is off, and OpenBao sends no telemetry unless a
+        127.0.0.1, and the API listener also to the other ``listen_hosts``. The web UI is off, and OpenBao sends no telemetry unless a
         ``telemetry`` stanza names a sink, which this configuration does not.
         """
         ensure_private_dir(self.folder)
         ensure_private_dir(self.data_dir)
-        tls = ensure_listener_tls(self.tls_dir)
+        tls = ensure_listener_tls(self.tls_dir, self.listen_hosts)
         config = {
             "ui": False,
             "log_level": "info",
@@ -199,12 +211,13 @@ class OpenBao:
             "storage": {"raft": {"path": str(self.data_dir), "node_id": "aiswa-openbao",
                                  "performance_multiplier": 1}},
             "listener": [{"tcp": {
-                "address": f"127.0.0.1:{self.port}",
-                "cluster_address": f"127.0.0.1:{self.cluster_port}",
+                "address": f"{host}:{self.port}",
+                **({"cluster_address": f"127.0.0.1:{self.cluster_port}"}
+                   if host == "127.0.0.1" else {}),
                 "tls_cert_file": str(tls.cert),
                 "tls_key_file": str(tls.key),
                 "tls_min_version": "tls13",
-            }}],
+            }} for host in self.listen_hosts],
         }
         write_file_atomically(self.config_path, json.dumps(config, indent=2).encode(), 0o600)
         return self.config_path
@@ -274,7 +287,7 @@ class OpenBao:
         return was_sealed
 
     def configure_pki(self, workloads: Iterable[str], namespace: str, ttl: str, *,
-                      bound_cidrs: Iterable[str] = DEFAULT_BOUND_CIDRS,
+                      bound_cidrs: BoundCidrs = DEFAULT_BOUND_CIDRS,
                       extra_paths: Mapping[str, dict[str, Any]] | None = None) -> None:
         """Mount the mesh PKI and give each workload a role, a policy and an AppRole.
 
@@ -291,7 +304,6 @@ class OpenBao:
         workloads = [_check_workload(name) for name in workloads]
         if not _WORKLOAD_NAME.match(namespace):
             raise ValueError(f"invalid namespace {namespace!r}: expected a DNS label")
-        cidrs = list(bound_cidrs)
         token = read_secret(self.root_token_path)
         with self._client(token) as client:
             ensure_root(client)
@@ -303,7 +315,7 @@ class OpenBao:
                 write_workload_role(client, workload, namespace, ttl)
                 write_workload_policy(client, workload, namespace,
                                       (extra_paths or {}).get(workload))
-                write_workload_approle(client, workload, cidrs)
+                write_workload_approle(client, workload, _cidrs_of(bound_cidrs, workload))
                 # Earlier versions stored a reusable secret id here.
                 shutil.rmtree(self.secrets_dir / workload, ignore_errors=True)
             self._ensure_orchestrator_token(client)
@@ -325,7 +337,7 @@ class OpenBao:
 
     def configure_secrets(self, topology: Mapping[str, Any], credential_ttl: CredentialTtl, *,
                           postgres_password: Callable[[], str], rabbitmq_admin: tuple[str, str],
-                          bound_cidrs: Iterable[str] = DEFAULT_BOUND_CIDRS) -> None:
+                          bound_cidrs: BoundCidrs = DEFAULT_BOUND_CIDRS) -> None:
         """Configure the database and RabbitMQ secrets engines from ``topology``.
 
         ``postgres_password`` is called only when OpenBao has no PostgreSQL
@@ -348,7 +360,7 @@ class OpenBao:
                                               password=postgres_password(), roles=roles)
             for name in databases:
                 write_database_roles(client, name, credential_ttl)
-                write_migrate_approle(client, name, list(bound_cidrs))
+                write_migrate_approle(client, name, _cidrs_of(bound_cidrs, name))
             configure_rabbitmq(client, management_port=rabbit["management_port"],
                                admin_user=rabbitmq_admin[0], admin_password=rabbitmq_admin[1],
                                ttl=credential_ttl)

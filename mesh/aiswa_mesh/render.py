@@ -46,12 +46,15 @@ def render(layout: StateLayout | None = None) -> list[Path]:
     return [*written, POLICY_TOPOLOGY_DATA]
 
 
-def _address(entry: dict) -> tuple[str, int]:
+def _address(entry: dict) -> tuple[str, int] | Path:
+    """Return an Envoy address as (host, port), or as a Path for a UNIX socket."""
+    if "pipe" in entry:
+        return Path(entry["pipe"]["path"])
     socket = entry["socket_address"]
     return socket["address"], int(socket["port_value"])
 
 
-def _endpoint_of(cluster: dict) -> tuple[str, int]:
+def _endpoint_of(cluster: dict) -> tuple[str, int] | Path:
     lb = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     return _address(lb["endpoint"]["address"])
 
@@ -76,8 +79,9 @@ def _verify_sidecar(layout: StateLayout, topology: dict, mesh: Any, workload: st
     clusters = {cluster["name"]: cluster for cluster in config["static_resources"]["clusters"]}
     ports = mesh.ports(workload)
     admin = _address(config["admin"]["address"])
-    if admin != ("127.0.0.1", ports.admin):
-        problems.append(f"{where}: admin listens on {admin}, the topology gives port {ports.admin}")
+    if admin != mesh.admin_address(workload):
+        problems.append(f"{where}: admin listens on {admin}, expected "
+                        f"{mesh.admin_address(workload)}")
 
     if workload != "gateway":
         spec = topology["workloads"][workload]
@@ -85,9 +89,10 @@ def _verify_sidecar(layout: StateLayout, topology: dict, mesh: Any, workload: st
         if inbound is None:
             problems.append(f"{where}: no inbound listener")
         else:
-            if _address(inbound["address"])[1] != ports.inbound:
+            if _address(inbound["address"]) != mesh.inbound_address(workload):
                 problems.append(f"{where}: inbound listens on {_address(inbound['address'])}, "
-                                f"the topology gives port {ports.inbound}")
+                                f"expected {mesh.inbound_address(workload)} (the pod's address "
+                                f"and port {ports.inbound})")
             chain = inbound["filter_chains"][0]
             tls = chain["transport_socket"]["typed_config"]
             if tls.get("require_client_certificate") is not True:
@@ -119,16 +124,18 @@ def _verify_sidecar(layout: StateLayout, topology: dict, mesh: Any, workload: st
                         f"the topology gives upstreams {sorted(upstreams)}")
     for upstream in set(outbound) & set(upstreams):
         local = _address(outbound[upstream]["address"])
-        if local != ("127.0.0.1", mesh.outbound_port(workload, upstream)):
+        expected_local = (mesh.gateway_outbound(upstream) if workload == "gateway"
+                          else ("127.0.0.1", mesh.outbound_port(workload, upstream)))
+        if local != expected_local:
             problems.append(f"{where}: outbound to {upstream} listens on {local}, expected "
-                            f"127.0.0.1:{mesh.outbound_port(workload, upstream)}")
+                            f"{expected_local}")
         cluster = clusters.get(f"outbound_{upstream}")
         if cluster is None:
             problems.append(f"{where}: no cluster for upstream {upstream}")
             continue
-        if _endpoint_of(cluster)[1] != mesh.ports(upstream).inbound:
-            problems.append(f"{where}: calls to {upstream} go to port {_endpoint_of(cluster)[1]}, "
-                            f"not its sidecar's inbound port {mesh.ports(upstream).inbound}")
+        if _endpoint_of(cluster) != mesh.inbound_address(upstream):
+            problems.append(f"{where}: calls to {upstream} go to {_endpoint_of(cluster)}, "
+                            f"not its sidecar's inbound {mesh.inbound_address(upstream)}")
         context = cluster["transport_socket"]["typed_config"]
         sans = [matcher["matcher"]["exact"] for matcher in context["common_tls_context"]
                 ["combined_validation_context"]["default_validation_context"]
@@ -147,14 +154,15 @@ def _verify_gateway(layout: StateLayout, mesh: Any, problems: list[str]) -> None
     clusters = {cluster["name"]: cluster for cluster in config["static_resources"]["clusters"]}
     for upstream in mesh.upstreams("gateway"):
         cluster = clusters.get(upstream)
-        expected = ("127.0.0.1", mesh.outbound_port("gateway", upstream))
+        expected = mesh.gateway_outbound(upstream)
         if cluster is None or _endpoint_of(cluster) != expected:
             found = _endpoint_of(cluster) if cluster else None
             problems.append(f"{path.name}: the gateway reaches {upstream} at {found}, not "
-                            f"through its sidecar at {expected[0]}:{expected[1]}")
+                            f"through its sidecar at {expected}")
 
 
-def _verify_programs(layout: StateLayout, topology: dict, problems: list[str]) -> None:
+def _verify_programs(layout: StateLayout, topology: dict, mesh: Any,
+                     problems: list[str]) -> None:
     conf = configparser.RawConfigParser()
     try:
         with layout.supervisord_conf.open() as handle:
@@ -171,6 +179,16 @@ def _verify_programs(layout: StateLayout, topology: dict, problems: list[str]) -
     missing = sorted(expected - programs)
     if missing:
         problems.append(f"{layout.supervisord_conf.name}: no program for {missing}")
+    if not mesh.network.enabled:
+        return
+    # With pods, each workload's app, sidecar and OPA run in the workload's pod.
+    for workload in topology["workloads"]:
+        prefix = " ".join(mesh.network.pods.exec_prefix(workload))
+        for program in (workload, f"sidecar-{workload}", f"opa-{workload}"):
+            section = f"program:{program}"
+            if conf.has_section(section) and prefix not in conf.get(section, "command"):
+                problems.append(f"{layout.supervisord_conf.name}: {program} does not run in "
+                                f"the pod of {workload} (`{prefix}`)")
 
 
 def verify(layout: StateLayout | None = None, topology: dict | None = None) -> list[str]:
@@ -186,7 +204,7 @@ def verify(layout: StateLayout | None = None, topology: dict | None = None) -> l
     for workload in ["gateway", *mesh.workloads]:
         _verify_sidecar(layout, topology, mesh, workload, problems)
     _verify_gateway(layout, mesh, problems)
-    _verify_programs(layout, topology, problems)
+    _verify_programs(layout, topology, mesh, problems)
     if POLICY_TOPOLOGY_DATA.read_text() != topology_data_text(TOPOLOGY_FILE):
         problems.append(f"{POLICY_TOPOLOGY_DATA.relative_to(ROOT)} is stale; "
                         "run `aiswa mesh render`")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 import subprocess
 import sys
 import time
 
+import pytest
+
+from aiswa_mesh._mesh import Mesh
 from aiswa_runtime import load_topology
 from conftest import ROOT, supervisorctl
 
@@ -25,6 +30,40 @@ def test_check_passes_on_healthy_mesh(layout):
     assert "PASS  policy expectation covers every RPC method" in result.stdout
     assert "PASS  PostgreSQL has no static password login" in result.stdout
     assert "FAIL" not in result.stdout
+    if Mesh(layout, load_topology(str(ROOT / "mesh" / "topology.yaml"))).network.enabled:
+        for workload, port in (("users", 50051), ("vision", 50054), ("dashboard", 50055)):
+            assert (f"PASS  app port {port} of {workload} answers only inside its pod (refused "
+                    "from the host and from the gateway pod)") in result.stdout
+    else:
+        assert "WARN  no pods: app ports listen on the host's loopback" in result.stdout
+
+
+def _listen(host: str, port: int, timeout: float = 70.0) -> socket.socket:
+    """Listen on host:port, waiting out a TIME_WAIT connection of an earlier run (60 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_server((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def test_check_fails_on_exposed_app_port(layout):
+    mesh = Mesh(layout, load_topology(str(ROOT / "mesh" / "topology.yaml")))
+    if not mesh.network.enabled:
+        pytest.skip("the platform runs without pods, so app ports are on the host's loopback")
+    port = mesh.ports("vision").app
+    # A process on the host takes vision's app port, as a workload started
+    # outside its pod would.
+    with _listen("127.0.0.1", port):
+        result = _check()
+    assert result.returncode == 1
+    assert (f"FAIL  app port {port} of vision answers only inside its pod, but is reachable "
+            f"from the host at 127.0.0.1:{port}") in result.stdout
+    assert "PASS  app port 50054" not in result.stdout
+    assert f"PASS  app port {mesh.ports('users').app} of users answers only" in result.stdout
 
 
 def test_check_fails_on_short_lifetime(layout):

@@ -52,7 +52,8 @@ def _channel(mesh: Mesh, destination: str, identity: tuple[bytes, bytes, bytes])
     credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                                certificate_chain=cert)
     target_name = f"{destination}.aiswa.serviceaccount.identity.linkerd.cluster.local"
-    return grpc.secure_channel(f"127.0.0.1:{mesh.ports(destination).inbound}", credentials,
+    host, port = mesh.inbound_address(destination)
+    return grpc.secure_channel(f"{host}:{port}", credentials,
                                options=[("grpc.ssl_target_name_override", target_name)])
 
 
@@ -133,7 +134,8 @@ def test_identity_not_in_clients_refused_at_connection(mesh, identities):
 
 @pytest.mark.parametrize("workload", WORKLOADS)
 def test_plaintext_to_sidecar_fails(mesh, workload):
-    with grpc.insecure_channel(f"127.0.0.1:{mesh.ports(workload).inbound}") as channel:
+    host, port = mesh.inbound_address(workload)
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
         code = _call(channel, "/grpc.health.v1.Health/Check", [])
     assert code == grpc.StatusCode.UNAVAILABLE
 
@@ -143,7 +145,7 @@ def test_tls_without_client_certificate_fails(mesh):
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", mesh.ports("projects").inbound), timeout=3) as raw:
+    with socket.create_connection(mesh.inbound_address("projects"), timeout=3) as raw:
         with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
             with context.wrap_socket(raw) as tls:
                 tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")

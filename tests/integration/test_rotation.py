@@ -26,9 +26,10 @@ WATCHED = ("gateway", "users", "projects", "reflector")
 ROTATIONS = 2
 
 
-def _leaf_serials(admin_port: int) -> set[int]:
+def _leaf_serials(mesh: Mesh, workload: str) -> set[int]:
     """Serials of the leaf certificates that a sidecar's Envoy has loaded now."""
-    reply = httpx.get(f"http://127.0.0.1:{admin_port}/certs", timeout=2)
+    with mesh.admin_client(workload) as client:
+        reply = client.get("/certs")
     reply.raise_for_status()
     return {int(entry["cert_chain"][0]["serial_number"], 16)
             for entry in reply.json()["certificates"] if entry.get("cert_chain")}
@@ -47,7 +48,7 @@ def test_traffic_crosses_two_rotations_without_failures(layout, topology, admin,
                     "(as `make test` does) to watch them rotate")
     archive = admin.upload(project["project_id"], "json.tar.gz", pack_python([STDLIB / "json"]))
 
-    seen = {workload: _leaf_serials(mesh.ports(workload).admin) for workload in WATCHED}
+    seen = {workload: _leaf_serials(mesh, workload) for workload in WATCHED}
     calls, failures, runs = 0, [], 0
     deadline = time.monotonic() + lifetime.total_seconds() * (ROTATIONS + 1)
     next_run = time.monotonic()
@@ -70,7 +71,7 @@ def test_traffic_crosses_two_rotations_without_failures(layout, topology, admin,
         except (ApiError, httpx.HTTPError) as exc:
             failures.append(repr(exc))
         for workload in WATCHED:
-            seen[workload] |= _leaf_serials(mesh.ports(workload).admin)
+            seen[workload] |= _leaf_serials(mesh, workload)
         time.sleep(0.1)
 
     assert failures == [], f"{len(failures)} of {calls} calls failed across rotations: {failures[:3]}"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from aiswa_mesh._state import ROOT, StateLayout
-from aiswa_mesh.envoy_sidecar import identity_dns, identity_uri
+from aiswa_mesh.envoy_sidecar import APP_CLUSTER, identity_dns, identity_uri
 from aiswa_mesh.launcher import Platform
 from aiswa_mesh.render import verify
 from aiswa_runtime import load_topology
@@ -132,3 +132,99 @@ def test_missing_sidecar_config_is_reported(layout):
     assert len(problems) == 1
     assert "sidecar-users.yaml: cannot read it" in problems[0]
     assert "aiswa mesh render" in problems[0]
+
+
+# --- pods ---------------------------------------------------------------------------
+
+
+def _render_pods(root: Path) -> StateLayout:
+    """Render a state folder as `make up` renders it as root, with one pod per workload.
+
+    Rendering needs no privileges: the launcher takes the pods' state file as
+    the sign that they exist, so the test writes one instead of creating them.
+    """
+    layout = StateLayout(root)
+    (layout.root / "gen").mkdir(parents=True)
+    shutil.copy(ROOT / ".state" / "gen" / "aiswa.pb", layout.root / "gen" / "aiswa.pb")
+    layout.create()
+    (layout.run / "pods-aiswa0.json").write_text("{}\n")
+    Platform(layout).render()
+    return layout
+
+
+@pytest.fixture(scope="module")
+def rendered_pods(tmp_path_factory) -> StateLayout:
+    return _render_pods(tmp_path_factory.mktemp("state-pods"))
+
+
+def _program_command(layout: StateLayout, program: str) -> str:
+    text = layout.supervisord_conf.read_text()
+    section = text[text.index(f"[program:{program}]"):]
+    return next(line for line in section.splitlines() if line.startswith("command="))
+
+
+def test_pods_render_agrees_with_topology(rendered_pods):
+    assert verify(rendered_pods, TOPOLOGY) == []
+
+
+def test_pods_put_listeners_on_pod_addresses_and_sockets(rendered_pods):
+    layout = rendered_pods
+    projects = yaml.safe_load((layout.envoy / "sidecar-projects.yaml").read_text())
+    # gateway is the first pod (10.77.0.2), then the workloads in topology order.
+    assert _listener(projects, "inbound")["address"] == {
+        "socket_address": {"address": "10.77.0.4", "port_value": 50152}}
+    assert projects["admin"]["address"] == {
+        "pipe": {"path": str(layout.run / "sidecar-projects-admin.sock"), "mode": 0o600}}
+    assert _cluster(projects, APP_CLUSTER)["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
+        "endpoint"]["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 50052}}
+    reflector = yaml.safe_load((layout.envoy / "sidecar-reflector.yaml").read_text())
+    to_projects = _cluster(reflector, "outbound_projects")["load_assignment"]["endpoints"][0]
+    assert to_projects["lb_endpoints"][0]["endpoint"]["address"] == {
+        "socket_address": {"address": "10.77.0.4", "port_value": 50152}}
+    # The edge proxy stays on the host and reaches the gateway's sidecar by UNIX sockets.
+    gateway = yaml.safe_load((layout.envoy / "gateway.yaml").read_text())
+    sidecar = yaml.safe_load((layout.envoy / "sidecar-gateway.yaml").read_text())
+    for upstream in ("users", "projects", "reflector", "vision", "dashboard"):
+        socket = {"pipe": {"path": str(layout.run / f"gateway-to-{upstream}.sock"), "mode": 0o600}}
+        assert _listener(sidecar, f"outbound_{upstream}")["address"] == socket
+        assert _cluster(gateway, upstream)["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
+            "endpoint"]["address"] == socket
+
+
+def test_pods_run_each_workload_in_its_namespace(rendered_pods):
+    layout = rendered_pods
+    for workload in TOPOLOGY["workloads"]:
+        for program in (workload, f"sidecar-{workload}", f"opa-{workload}"):
+            assert f" netns exec aiswa-{workload} " in _program_command(layout, program), program
+        # The identity agent stays on the host, where it reaches OpenBao on loopback.
+        assert "netns" not in _program_command(layout, f"identity-{workload}")
+    users = _program_command(layout, "users")
+    # deliver runs first, on the host, and then executes the app inside the pod.
+    assert users.index("aiswa_mesh.deliver") < users.index("netns exec aiswa-users")
+    assert "AISWA_DATABASE_URL=\"postgresql://10.77.0.1:55432/aiswa_users\"" in \
+        layout.supervisord_conf.read_text()
+    assert "listen_addresses=127.0.0.1,10.77.0.1" in _program_command(layout, "postgres")
+    assert "--address 127.0.0.1:54317 --address 10.77.0.1:54317" in \
+        _program_command(layout, "collector")
+    openbao = yaml.safe_load((layout.root / "openbao" / "config.json").read_text())
+    assert [listener["tcp"]["address"] for listener in openbao["listener"]] == [
+        "127.0.0.1:58200", "10.77.0.1:58200"]
+
+
+def test_loopback_render_has_no_pods(rendered):
+    projects = yaml.safe_load((rendered.envoy / "sidecar-projects.yaml").read_text())
+    assert _listener(projects, "inbound")["address"]["socket_address"]["address"] == "127.0.0.1"
+    assert projects["admin"]["address"] == {
+        "socket_address": {"address": "127.0.0.1", "port_value": 50252}}
+    assert "netns" not in rendered.supervisord_conf.read_text()
+
+
+def test_pods_program_outside_its_pod_is_reported(tmp_path):
+    layout = _render_pods(tmp_path / "state")
+    conf = layout.supervisord_conf
+    text = conf.read_text()
+    conf.write_text(text.replace(f"{shutil.which('ip') or '/usr/sbin/ip'} netns exec aiswa-vision "
+                                 "/", "/", 1))
+    problems = verify(layout, TOPOLOGY)
+    assert len(problems) == 1
+    assert "does not run in the pod of vision" in problems[0]

@@ -1,0 +1,107 @@
+"""Where the local platform's programs listen: one pod per workload, or loopback.
+
+As root, the launcher gives every workload (gateway, users, projects,
+reflector, vision, dashboard) a network namespace on a private bridge
+(aiswa_mesh.pods). The workload's app, sidecar and OPA run inside it:
+
+- the app's gRPC port and OPA listen on 127.0.0.1 inside the pod, so that
+  only the pod's own sidecar and interceptor reach them;
+- the sidecar's inbound mTLS listener and the app's metrics listen on the pod
+  address, for the other pods and the host;
+- PostgreSQL, RabbitMQ, OpenBao and the trace collector listen on the
+  bridge's address (``host_address``) as well as on the host's loopback.
+
+Otherwise, or with ``AISWA_PODS=off``, every address is 127.0.0.1 and local
+processes can reach the app ports directly, and the launcher prints that.
+
+Whether pods are on is read from the pod network's state file, which exists
+from ``start()`` until ``stop()``, so that ``down``, ``aiswa check``, the
+renderer and the tests see the same layout as the launcher that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ._state import ROOT, StateLayout
+from .pods import LOOPBACK_FALLBACK, PodNetwork, PodsError, PodsUnavailable
+
+LOOPBACK = "127.0.0.1"
+# AISWA_PODS=off keeps every workload on the host's loopback interface.
+PODS_VARIABLE = "AISWA_PODS"
+# AISWA_POD_CIDR replaces the topology's pod range.
+CIDR_VARIABLE = "AISWA_POD_CIDR"
+
+
+class Network:
+    def __init__(self, layout: StateLayout, topology: dict) -> None:
+        settings = topology["mesh"]["pods"]
+        self.layout = layout
+        self.pods = PodNetwork(
+            layout.run, ["gateway", *topology["workloads"]], bridge=settings["bridge"],
+            cidr=os.environ.get(CIDR_VARIABLE) or str(settings["cidr"]),
+            prefix=settings["prefix"],
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """True while the pods that ``start()`` created exist."""
+        return self.pods.state_file.exists()
+
+    @property
+    def host_address(self) -> str:
+        """The address at which pods reach the shared servers (the bridge's, or loopback)."""
+        return self.pods.host_address if self.enabled else LOOPBACK
+
+    @property
+    def host_addresses(self) -> list[str]:
+        """Every address on which a shared server listens: loopback, and the bridge's."""
+        return [LOOPBACK, self.pods.host_address] if self.enabled else [LOOPBACK]
+
+    def address(self, workload: str) -> str:
+        """Return the address of ``workload``'s pod, where its sidecar's inbound listener is."""
+        return self.pods.address(workload) if self.enabled else LOOPBACK
+
+    def command(self, workload: str, argv: list[str]) -> list[str]:
+        """Return ``argv`` run inside ``workload``'s pod (unchanged without pods)."""
+        return [*self.pods.exec_prefix(workload), *argv] if self.enabled else argv
+
+    def probe(self, pod: str, kind: str, target: str, *,
+              timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m aiswa_mesh.probe KIND TARGET`` inside ``pod`` (see aiswa_mesh.probe)."""
+        command = self.command(pod, [sys.executable, "-m", "aiswa_mesh.probe", kind, target,
+                                     "--timeout", str(timeout)])
+        return subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+
+    def start(self) -> str | None:
+        """Create the bridge and the pods; return None, or why every workload uses loopback.
+
+        Raises SystemExit when the pods cannot be created for a reason that
+        the operator must fix, such as a range that the host already uses.
+        """
+        if os.environ.get(PODS_VARIABLE, "on") == "off":
+            self.stop()
+            return f"{PODS_VARIABLE}=off, so {LOOPBACK_FALLBACK}"
+        try:
+            self.pods.create()
+        except PodsUnavailable as exc:
+            self.stop()
+            return str(exc)
+        except PodsError as exc:
+            self.stop()
+            raise SystemExit(f"launcher: cannot create the pods: {exc}. Set {CIDR_VARIABLE} "
+                             f"to another private range, or {PODS_VARIABLE}=off to run "
+                             "without pods") from exc
+        return None
+
+    def stop(self) -> None:
+        """Remove every namespace, link and address that ``start()`` created."""
+        if self.enabled:
+            self.pods.down()
+
+    def socket_path(self, name: str) -> Path:
+        """Return a UNIX socket's path in the state folder, for a listener that the host uses."""
+        return self.layout.run / f"{name}.sock"

@@ -1,0 +1,118 @@
+"""The running platform's pods: each workload's app, sidecar and OPA in a network namespace.
+
+`make up` as root creates them (aiswa_mesh._network); without pods every test
+here is skipped, and `aiswa check` warns instead. Connections go only to
+loopback, to the bridge and to the pods' addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+
+from aiswa_mesh._mesh import Mesh
+from aiswa_mesh.probe import connect
+from conftest import supervisorctl
+
+
+@pytest.fixture(scope="module")
+def mesh(layout, topology) -> Mesh:
+    mesh = Mesh(layout, topology)
+    if not mesh.network.enabled:
+        pytest.skip("the platform runs without pods (not root, or AISWA_PODS=off)")
+    return mesh
+
+
+def _pid(layout, program: str) -> int:
+    text = supervisorctl(layout, "pid", program).strip()
+    assert text.isdigit(), f"{program} is not running: {text!r}"
+    assert int(text) > 0, f"{program} is not running: {text!r}"
+    return int(text)
+
+
+def _netns_inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+def test_each_workload_runs_in_its_own_pod(layout, mesh):
+    host = _netns_inode("/proc/self/ns/net")
+    pods = {}
+    for workload in ["gateway", *mesh.workloads]:
+        pod = _netns_inode(f"/run/netns/{mesh.network.pods.netns(workload)}")
+        programs = [f"sidecar-{workload}"]
+        if workload != "gateway":
+            programs += [workload, f"opa-{workload}"]
+        for program in programs:
+            found = _netns_inode(f"/proc/{_pid(layout, program)}/ns/net")
+            assert found == pod, f"{program} runs in namespace {found}, not its pod's {pod}"
+        pods[workload] = pod
+    assert host not in pods.values()
+    assert len(set(pods.values())) == len(pods), pods
+    # The edge proxy is the platform's ingress and stays on the host.
+    assert _netns_inode(f"/proc/{_pid(layout, 'gateway')}/ns/net") == host
+
+
+@pytest.mark.parametrize("workload", ["users", "projects", "reflector", "vision", "dashboard"])
+def test_app_port_answers_only_inside_its_pod(mesh, workload):
+    network = mesh.network
+    port = mesh.ports(workload).app
+    inside = network.probe(workload, "connect", f"127.0.0.1:{port}", timeout=0)
+    assert inside.stdout.strip() == "open", inside.stderr
+    address = network.address(workload)
+    assert connect("127.0.0.1", port) == "ConnectionRefusedError"
+    assert connect(address, port) == "ConnectionRefusedError"
+    other = "vision" if workload != "vision" else "users"
+    from_other = network.probe(other, "connect", f"{address}:{port}", timeout=0)
+    assert from_other.stdout.strip() == "ConnectionRefusedError", from_other
+    # The sidecar's inbound listener is the way in, on the pod's address.
+    assert connect(*mesh.inbound_address(workload)) == "open"
+
+
+def test_pods_reach_shared_servers_on_the_bridge_only(mesh, topology):
+    network = mesh.network
+    infra = topology["infrastructure"]
+    shared = {
+        "PostgreSQL": infra["postgres"]["port"],
+        "RabbitMQ": infra["rabbitmq"]["amqp_port"],
+        "OpenBao": topology["mesh"]["openbao_port"],
+        "collector": infra["collector"]["port"],
+    }
+    for name, port in shared.items():
+        on_bridge = network.probe("users", "connect", f"{network.host_address}:{port}", timeout=0)
+        assert on_bridge.stdout.strip() == "open", f"{name} on the bridge: {on_bridge}"
+        # A pod's own loopback is not the host's.
+        on_loopback = network.probe("users", "connect", f"127.0.0.1:{port}", timeout=0)
+        assert on_loopback.stdout.strip() == "ConnectionRefusedError", name
+    # RabbitMQ's management API is for OpenBao on the host only.
+    management = infra["rabbitmq"]["management_port"]
+    reply = network.probe("users", "connect", f"{network.host_address}:{management}", timeout=0)
+    assert reply.stdout.strip() == "ConnectionRefusedError"
+    assert connect("127.0.0.1", management) == "open"
+
+
+def test_pods_have_no_route_off_the_bridge(mesh):
+    network = mesh.network.pods
+    for workload in ["gateway", *mesh.workloads]:
+        routes = json.loads(subprocess.run(
+            ["ip", "-n", network.netns(workload), "-4", "-j", "route", "show"],
+            capture_output=True, text=True, check=True).stdout)
+        assert [route["dst"] for route in routes] == [str(network.network)], routes
+
+
+def test_host_facing_sockets_are_private(layout, mesh):
+    sockets = [mesh.admin_address(workload) for workload in ["gateway", *mesh.workloads]]
+    sockets += [mesh.gateway_outbound(upstream) for upstream in mesh.upstreams("gateway")]
+    for path in sockets:
+        mode = os.stat(path).st_mode
+        assert stat.S_ISSOCK(mode), path
+        assert stat.S_IMODE(mode) == 0o600, f"{path} has mode {stat.S_IMODE(mode):o}"
+    # The admin interface listens on no TCP port, in the pod or outside.
+    admin_port = mesh.ports("projects").admin
+    inside = mesh.network.probe("projects", "connect", f"127.0.0.1:{admin_port}", timeout=0)
+    assert inside.stdout.strip() == "ConnectionRefusedError"
+    with mesh.admin_client("projects") as admin:
+        assert admin.get("/ready").text.strip() == "LIVE"
