@@ -92,7 +92,7 @@ class Platform:
 
     @property
     def dashboard_url(self) -> str:
-        """The live page: on the dashboard's pod address, which the host reaches over the bridge."""
+        """The live page, on the dashboard's pod address (the host reaches it over the bridge)."""
         return (f"http://{self.network.address('dashboard')}:"
                 f"{self.topology['workloads']['dashboard']['http_port']}/")
 
