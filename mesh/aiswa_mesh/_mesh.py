@@ -20,11 +20,13 @@ def opa_command(opa_binary: str, address: tuple[str, int]) -> list[str]:
     """Return the command line of a workload's OPA, serving policies/rego/ at ``address``.
 
     OPA reloads a policy or data file when it changes (--watch) and logs every
-    decision as a JSON line to its standard output.
+    decision as a JSON line to its standard output. Its HTTP access log is at
+    debug level, so hidden: at info it adds two lines to every decision.
     """
     host, port = address
     return [opa_binary, "run", "--server", "--addr", f"{host}:{port}",
             "--skip-version-check", "--watch", "--log-format", "json",
+            "--log-level-request", "debug",
             "--set", "decision_logs.console=true",
             str(ROOT / "policies" / "rego")]
 

@@ -5,6 +5,7 @@ These tests run against the platform that `make up` started.
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import time
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from aiswa_mesh._mesh import Mesh
+from aiswa_mesh.envoy_sidecar import identity_dns
 from aiswa_runtime import load_topology
 from conftest import ROOT, supervisorctl
 
@@ -230,3 +232,36 @@ def _wait_until(condition, timeout: float) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def test_decisions_logged_per_workload(layout, mesh, identities):
+    # reflector may connect to projects, and the policy denies it this method.
+    method = "/aiswa.projects.v1.ProjectsService/CreateProject"
+    caller = identity_dns("reflector", "aiswa")
+    log = layout.logs / "opa-projects.log"
+
+    def decisions() -> list[dict]:
+        events = [json.loads(line) for line in log.read_text().splitlines()
+                  if method in line and caller in line]
+        return [event for event in events if event.get("msg") == "Decision Log"]
+
+    before = len(decisions())
+    with _channel(mesh, "projects", identities["reflector"]) as channel:
+        assert _call(channel, method, []) == grpc.StatusCode.PERMISSION_DENIED
+    deadline = time.monotonic() + 10
+    while len(decisions()) == before:
+        assert time.monotonic() < deadline, f"no decision on {method} in {log}"
+        time.sleep(0.2)
+    events = decisions()
+    assert len(events) == before + 1
+    event = events[-1]
+    assert event["path"] == "aiswa/authz/result"
+    assert event["input"] == {"caller": caller, "destination": "projects", "method": method}
+    assert event["result"]["allow"] is False
+    assert "may not call" in event["result"]["reason"]
+    assert event["decision_id"]
+    # Each workload's OPA logs to its own file, and without an access log line per request.
+    assert caller not in (layout.logs / "opa-reflector.log").read_text()[-100_000:]
+    text = log.read_text()
+    since_start = text[text.rfind('"msg":"Initializing server."'):]
+    assert "Received request." not in since_start
