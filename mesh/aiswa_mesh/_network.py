@@ -84,7 +84,7 @@ class Network:
         """
         if os.environ.get(PODS_VARIABLE, "on") == "off":
             self.stop()
-            return f"{PODS_VARIABLE}=off, so {LOOPBACK_FALLBACK}"
+            return f"{PODS_VARIABLE}=off: {LOOPBACK_FALLBACK}"
         try:
             self.pods.create()
         except PodsUnavailable as exc:

@@ -75,7 +75,10 @@ class RabbitMQ:
             # only; ensure_admin deletes it. No password is in this file.
             "default_vhost = /\n"
         )
-        (home / "advanced.config").write_text("[].\n")
+        # Erlang distribution (the node's dist_port, which rabbitmqctl uses)
+        # listens on every interface by default, the pods' bridge included.
+        (home / "advanced.config").write_text(
+            "[{kernel, [{inet_dist_use_interface, {127, 0, 0, 1}}]}].\n")
         (home / "enabled_plugins").write_text("[rabbitmq_management].\n")
         (home / "rabbitmq-env.conf").write_text("")
 

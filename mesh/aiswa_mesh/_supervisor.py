@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import configparser
 import subprocess
 import sys
 import time
@@ -136,11 +137,30 @@ class Supervisor:
     def shutdown(self, timeout: float = 90.0) -> None:
         pid_file = self.layout.run / "supervisord.pid"
         pid = int(pid_file.read_text()) if pid_file.exists() else None
+        # `stop all` would signal every program at once, and the services
+        # could then no longer revoke their OpenBao tokens and leases. Each
+        # `stop` returns once its programs have exited.
+        for names in self._stop_order():
+            self.ctl("stop", *names)
         self.ctl("stop", "all")
         self.ctl("shutdown")
         deadline = time.monotonic() + timeout
         while pid is not None and _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
+
+    def _stop_order(self) -> list[list[str]]:
+        """Return the programs grouped by priority, the last started first."""
+        conf = configparser.RawConfigParser()
+        try:
+            conf.read(self.layout.supervisord_conf)
+        except configparser.Error:
+            return []
+        groups: dict[int, list[str]] = {}
+        for section in conf.sections():
+            if section.startswith("program:"):
+                priority = conf.getint(section, "priority", fallback=999)
+                groups.setdefault(priority, []).append(section.removeprefix("program:"))
+        return [groups[priority] for priority in sorted(groups, reverse=True)]
 
     def status_text(self) -> str:
         return self.ctl("status").stdout

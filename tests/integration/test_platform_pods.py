@@ -116,3 +116,26 @@ def test_host_facing_sockets_are_private(layout, mesh):
     assert inside.stdout.strip() == "ConnectionRefusedError"
     with mesh.admin_client("projects") as admin:
         assert admin.get("/ready").text.strip() == "LIVE"
+
+
+def test_host_servers_listen_on_loopback_or_bridge(mesh, topology):
+    infra = topology["infrastructure"]
+    rabbit = infra["rabbitmq"]
+    ports = {infra["postgres"]["port"], rabbit["amqp_port"], rabbit["dist_port"],
+             rabbit["epmd_port"], rabbit["management_port"], infra["collector"]["port"],
+             topology["mesh"]["openbao_port"], topology["mesh"]["openbao_port"] + 1,
+             topology["gateway"]["https_port"], topology["gateway"]["admin_port"]}
+    listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+    allowed = {"127.0.0.1", "[::1]", mesh.network.host_address}
+    seen = {}
+    for line in listening:
+        host, _, port = line.split()[3].rpartition(":")
+        # gRPC binds an IPv4 address as an IPv4-mapped IPv6 socket.
+        host = host.removeprefix("[::ffff:").removesuffix("]") if "::ffff:" in host else host
+        if int(port) in ports:
+            seen.setdefault(int(port), set()).add(host)
+    # Every shared server was found, so the check below covers each of them.
+    assert set(seen) == ports, sorted(ports - set(seen))
+    exposed = {port: hosts - allowed for port, hosts in seen.items() if hosts - allowed}
+    assert exposed == {}, f"listening beyond loopback and the bridge: {exposed}"

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from aiswa_mesh._state import ROOT, StateLayout
+from aiswa_mesh._supervisor import Supervisor
 from aiswa_mesh.envoy_sidecar import APP_CLUSTER, identity_dns, identity_uri
 from aiswa_mesh.launcher import Platform
 from aiswa_mesh.render import verify
@@ -228,3 +229,14 @@ def test_pods_program_outside_its_pod_is_reported(tmp_path):
     problems = verify(layout, TOPOLOGY)
     assert len(problems) == 1
     assert "does not run in the pod of vision" in problems[0]
+
+
+def test_stop_order_reverses_start(rendered):
+    order = [name for group in Supervisor(rendered)._stop_order() for name in group]
+    assert order[0] == "gateway"
+    assert order[-1] == "postgres"
+    # Services stop while OpenBao still runs, so that they can revoke their tokens.
+    for service in ("users", "projects", "reflector", "vision", "dashboard"):
+        assert order.index(service) < order.index("openbao")
+        assert order.index(service) < order.index(f"opa-{service}")
+    assert order.index("openbao") < order.index("rabbitmq")

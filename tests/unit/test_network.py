@@ -38,7 +38,7 @@ def test_pods_off_falls_back(layout, monkeypatch):
     monkeypatch.setenv("AISWA_PODS", "off")
     reason = Network(layout, TOPOLOGY).start()
     assert reason is not None
-    assert reason.startswith("AISWA_PODS=off, so workloads will share the loopback interface")
+    assert reason.startswith("AISWA_PODS=off: workloads will share the loopback interface")
 
 
 def test_pod_addresses_follow_topology(layout):
