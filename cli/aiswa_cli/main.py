@@ -1,8 +1,10 @@
 """aiswa: analyse a source tree with the AI-SWA platform and read its roadmap.
 
-Every command talks only to the gateway's public API. The gateway address, CA
-certificate and token file come from --api-url, --ca-cert and --token-file,
-or AISWA_API_URL, AISWA_CA_CERT and AISWA_TOKEN_FILE.
+login, analyze, report, roadmap and status talk only to the gateway's public
+API. The gateway address, CA certificate and token file come from --api-url,
+--ca-cert and --token-file, or AISWA_API_URL, AISWA_CA_CERT and
+AISWA_TOKEN_FILE. check, mesh and policy are for the operators of a local
+platform and read its state folder.
 """
 
 from __future__ import annotations
@@ -179,24 +181,55 @@ def parser() -> argparse.ArgumentParser:
 
     status = add("status", "print the state and progress of a run")
     status.add_argument("run", help="run id")
+
+    # Commands for operators of the local platform; `aiswa COMMAND --help` has their options.
+    for name, help_text in PLATFORM_COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, add_help=False)
+        command.add_argument("arguments", nargs=argparse.REMAINDER)
     return top
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["policy"]:
+PLATFORM_COMMANDS = {
+    "check": "check the running local platform: programs, certificates, OPAs, pods",
+    "mesh": "render mesh/topology.yaml's artifacts, or verify them",
+    "policy": "explain a decision of the OPA policies, or render their topology data",
+}
+
+
+def _platform_command(name: str, arguments: list[str]) -> int:
+    if name == "policy":
         from . import policy
 
-        return policy.main(argv[1:])
-    if argv[:1] == ["mesh"]:
+        return policy.main(arguments)
+    if name == "mesh":
         from aiswa_mesh.render import main as mesh
 
-        return mesh(argv[1:])
-    if argv[:1] == ["check"]:
-        from aiswa_mesh.check import main as check
+        return mesh(arguments)
+    from aiswa_mesh.check import main as check
 
-        return check(argv[1:])
-    args = parser().parse_args(argv)
+    return check(arguments)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        # The reader closed the pipe early, as `aiswa report RUN | head` does.
+        # Send the rest of the output nowhere, so that exiting does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] and argv[0] in PLATFORM_COMMANDS:
+        return _platform_command(argv[0], argv[1:])
+    top = parser()
+    # A platform command's own options, such as --help, are unknown here.
+    args, unknown = top.parse_known_args(argv)
+    if args.command in PLATFORM_COMMANDS:
+        return _platform_command(args.command, [*unknown, *args.arguments])
+    if unknown:
+        top.error(f"unrecognized arguments: {' '.join(unknown)}")
     handlers = {"login": cmd_login, "analyze": cmd_analyze, "report": cmd_report,
                 "roadmap": cmd_roadmap, "status": cmd_status}
     try:

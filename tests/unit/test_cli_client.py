@@ -1,8 +1,13 @@
-"""The command-line client's handling of a bad CA certificate option."""
+"""The command-line client: a bad CA certificate option, its help and a closed pipe."""
 
 from __future__ import annotations
 
-from aiswa_cli.main import main
+import subprocess
+import sys
+
+import pytest
+
+from aiswa_cli.main import main, parser
 
 
 def test_missing_ca_certificate_is_named(tmp_path, capsys):
@@ -20,3 +25,30 @@ def test_garbage_ca_file_is_named(tmp_path, capsys):
     code = main(["--ca-cert", str(garbage), "status", "00000000-0000-0000-0000-000000000000"])
     assert code == 1
     assert f"cannot use {garbage}" in capsys.readouterr().err
+
+
+def test_help_lists_platform_commands():
+    text = parser().format_help()
+    for command in ("login", "analyze", "check", "mesh", "policy"):
+        assert f"    {command} " in text, command
+
+
+def test_platform_command_after_options(capsys):
+    # Global options first, as for the gateway commands: the command still runs.
+    with pytest.raises(SystemExit) as done:
+        main(["--api-url", "https://127.0.0.1:1", "policy", "--help"])
+    assert done.value.code == 0
+    assert "explain" in capsys.readouterr().out
+
+
+def test_closed_pipe_exits_quietly():
+    # A reader such as `head` that closes the pipe early makes print() fail.
+    script = ("import sys, aiswa_cli.main as cli\n"
+              "def fail(argv):\n"
+              "    raise BrokenPipeError(32, 'Broken pipe')\n"
+              "cli._main = fail\n"
+              "sys.exit(cli.main(['status', 'x']))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr == ""
