@@ -8,7 +8,7 @@ state="$root/.state"
 venv="$state/venv"
 mkdir -p "$state"
 
-apt_packages=(postgresql rabbitmq-server iproute2 openssl chromium)
+apt_packages=(postgresql rabbitmq-server iproute2 nftables openssl chromium)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

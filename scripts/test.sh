@@ -25,6 +25,7 @@ cleanup() {
     # `down` must remove every namespace and link that `up` created.
     left=$(ip -o netns list 2>/dev/null | grep -o '^aiswa-[a-z]*' || true)
     left+=$(ip -o link show 2>/dev/null | grep -o ' aiswa[0-9a-z-]*@\| aiswa0:' || true)
+    left+=$(nft list tables 2>/dev/null | grep -o 'aiswa_aiswa0' || true)
     if [[ -n $left ]]; then
       echo "make test: \`make down\` left pods behind: $left" >&2
       status=1

@@ -1,4 +1,4 @@
-"""Where the local platform's programs listen: one pod per workload, or loopback.
+"""The local platform's addresses: one pod per workload, or loopback.
 
 As root, the launcher gives every workload (gateway, users, projects,
 reflector, vision, dashboard) a network namespace on a private bridge
@@ -9,7 +9,10 @@ reflector, vision, dashboard) a network namespace on a private bridge
 - the sidecar's inbound mTLS listener and the app's metrics listen on the pod
   address, for the other pods and the host;
 - PostgreSQL, RabbitMQ, OpenBao and the trace collector listen on the
-  bridge's address (``host_address``) as well as on the host's loopback.
+  bridge's address (``host_address``) as well as on the host's loopback;
+- an nftables table lets the pods open connections to the host only on those
+  servers' ports, so that a host service that listens on every interface is
+  not reachable from the pods.
 
 Otherwise, or with ``AISWA_PODS=off``, every address is 127.0.0.1 and local
 processes can reach the app ports directly, and the launcher prints that.
@@ -22,6 +25,7 @@ renderer and the tests see the same layout as the launcher that started it.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +44,13 @@ class Network:
     def __init__(self, layout: StateLayout, topology: dict) -> None:
         settings = topology["mesh"]["pods"]
         self.layout = layout
+        infra = topology["infrastructure"]
+        # The host ports that pods may connect to: the shared servers.
+        self.shared_ports = sorted({
+            int(infra["postgres"]["port"]), int(infra["rabbitmq"]["amqp_port"]),
+            int(infra["collector"]["port"]), int(topology["mesh"]["openbao_port"])})
+        # Problems that leave the pods running but less isolated; the launcher prints them.
+        self.warnings: list[str] = []
         self.pods = PodNetwork(
             layout.run, ["gateway", *topology["workloads"]], bridge=settings["bridge"],
             cidr=os.environ.get(CIDR_VARIABLE) or str(settings["cidr"]),
@@ -87,6 +98,7 @@ class Network:
             return f"{PODS_VARIABLE}=off: {LOOPBACK_FALLBACK}"
         try:
             self.pods.create()
+            self._filter_host_ports()
         except PodsUnavailable as exc:
             self.stop()
             return str(exc)
@@ -98,9 +110,51 @@ class Network:
         return None
 
     def stop(self) -> None:
-        """Remove every namespace, link and address that ``start()`` created."""
+        """Remove every namespace, link, address and nftables table that ``start()`` created."""
         if self.enabled:
+            nft = shutil.which("nft")
+            if nft:
+                # Fails only when the table is gone already.
+                subprocess.run([nft, "delete", "table", "inet", self.filter_table],
+                               capture_output=True, check=False)
             self.pods.down()
+
+    @property
+    def filter_table(self) -> str:
+        """The nftables table (family inet) that limits what pods reach on the host."""
+        return f"aiswa_{self.pods.bridge}".replace("-", "_")
+
+    def _filter_host_ports(self) -> None:
+        """Let pods connect to the host only on ``shared_ports``; reject the rest.
+
+        Traffic between pods is bridged and never enters the host's input
+        hook, and the replies to the host's own connections are established.
+        """
+        nft = shutil.which("nft")
+        if nft is None:
+            self.warnings.append(
+                "nft (Debian package nftables) was not found, so the pods can reach every "
+                "host service that listens on all interfaces; run `make setup`")
+            return
+        bridge, table = self.pods.bridge, self.filter_table
+        ports = ", ".join(map(str, self.shared_ports))
+        # Declaring and deleting the table first replaces it in one transaction.
+        rules = (f"table inet {table}\n"
+                 f"delete table inet {table}\n"
+                 f"table inet {table} {{\n"
+                 "  chain input {\n"
+                 "    type filter hook input priority filter; policy accept;\n"
+                 f'    iifname "{bridge}" ct state established,related accept\n'
+                 f'    iifname "{bridge}" ip daddr {self.pods.host_address} '
+                 f"tcp dport {{ {ports} }} accept\n"
+                 f'    iifname "{bridge}" reject\n'
+                 "  }\n"
+                 "}\n")
+        result = subprocess.run([nft, "-f", "-"], input=rules, capture_output=True, text=True,
+                                check=False)
+        if result.returncode != 0:
+            raise PodsError(f"nft could not load the table {table}: "
+                            f"{(result.stderr or result.stdout).strip()}")
 
     def socket_path(self, name: str) -> Path:
         """Return a UNIX socket's path in the state folder, for a listener that the host uses."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import socket
 import sys
 from pathlib import Path
 
@@ -122,6 +123,17 @@ def _check_isolation(mesh: Mesh, report: Report) -> None:
                     f"app port {port} of {workload} answers only inside its pod"
                     + (f", but is reachable from {', '.join(reached)}" if reached else
                        f" (refused from the host and from the {other} pod)"))
+    # A host service on the bridge's address, other than the shared servers:
+    # a port that this check opens for a moment.
+    with socket.create_server((network.host_address, 0)) as listener:
+        port = listener.getsockname()[1]
+        from_pod = network.probe("gateway", "connect", f"{network.host_address}:{port}",
+                                 timeout=0).stdout.strip()
+    report.line("FAIL" if from_pod == "open" else "PASS",
+                f"pods reach the host only on the shared servers' ports {network.shared_ports}"
+                + (f", but the gateway pod opened {network.host_address}:{port}"
+                   if from_pod == "open" else
+                   f" ({network.host_address}:{port}, open on the host, was refused)"))
 
 
 def run(min_hours: float | None) -> int:

@@ -236,6 +236,8 @@ class Platform:
             pods = self.network.pods
             print(f"launcher: one pod per workload on bridge {pods.bridge} ({pods.network}); "
                   f"shared servers listen on {pods.host_address}")
+        for warning in self.network.warnings:
+            print(f"launcher: WARNING: {warning}")
         self.postgres.prepare()
         self.rabbitmq.prepare()
         # Static passwords of earlier versions; OpenBao issues every login now.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 
@@ -139,3 +140,17 @@ def test_host_servers_listen_on_loopback_or_bridge(mesh, topology):
     assert set(seen) == ports, sorted(ports - set(seen))
     exposed = {port: hosts - allowed for port, hosts in seen.items() if hosts - allowed}
     assert exposed == {}, f"listening beyond loopback and the bridge: {exposed}"
+
+
+def test_pods_reach_no_other_host_port(mesh):
+    network = mesh.network
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                            check=True).stdout
+    assert f"table inet {network.filter_table}" in tables
+    # A host service outside the shared servers, on the bridge's address.
+    with socket.create_server((network.host_address, 0)) as listener:
+        port = listener.getsockname()[1]
+        assert connect(network.host_address, port) == "open"
+        from_pod = network.probe("vision", "connect", f"{network.host_address}:{port}",
+                                 timeout=0)
+    assert from_pod.stdout.strip() == "ConnectionRefusedError", from_pod

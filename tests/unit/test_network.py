@@ -74,3 +74,13 @@ def test_short_range_rejected_for_topology(layout):
     # Six pods and the bridge need seven addresses; a /29 has six.
     with pytest.raises(ValueError, match="has 6 usable addresses, and the bridge and 6 pods"):
         Network(layout, topology)
+
+
+def test_missing_nft_warns(layout, monkeypatch):
+    monkeypatch.setattr("aiswa_mesh._network.shutil.which", lambda name: None)
+    network = Network(layout, TOPOLOGY)
+    network._filter_host_ports()
+    assert len(network.warnings) == 1
+    assert "nft (Debian package nftables) was not found" in network.warnings[0]
+    assert "run `make setup`" in network.warnings[0]
+    assert network.shared_ports == [54317, 55432, 55672, 58200]
