@@ -143,4 +143,8 @@ def archive_folder(folder: Path) -> tuple[bytes, int]:
                     continue
                 archive.add(path, arcname=str(path.relative_to(folder)), recursive=False)
                 count += 1
+    if count == 0:
+        # Checked here, before `analyze` creates a project that would stay empty.
+        raise ApiError(f"{folder} contains no regular files to analyse (version-control and "
+                       "cache folders are left out); give the path of a source tree")
     return buffer.getvalue(), count

@@ -14,6 +14,7 @@ import pytest
 
 from aiswa_cli._api import ApiError
 from aiswa_users._tokens import SigningKey
+from conftest import STDLIB, pack_python, wait_run
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +215,17 @@ def test_internal_method_not_routed(http, admin):
     assert "no such API method" in reply.headers["grpc-message"]
     rest = http.get("/v1/archives/x:read", headers={"authorization": f"Bearer {token}"})
     assert rest.status_code == 404
+
+
+def test_roadmap_of_another_projects_run(admin):
+    first = admin.request("POST", "/v1/projects", body={"name": f"test-{uuid.uuid4().hex[:8]}"})
+    second = admin.request("POST", "/v1/projects", body={"name": f"test-{uuid.uuid4().hex[:8]}"})
+    archive = admin.upload(first["project_id"], "json.tar.gz", pack_python([STDLIB / "json"]))
+    run = admin.start_run(first["project_id"], archive["archive_id"])
+    assert wait_run(admin, run["run_id"], timeout=120)["state"] == "RUN_STATE_COMPLETED"
+    with pytest.raises(ApiError) as error:
+        admin.roadmap(second["project_id"], run["run_id"])
+    message = str(error.value)
+    assert "HTTP 404" in message
+    assert (f"no roadmap for run {run['run_id']} in project {second['project_id']}: the run "
+            "belongs to another project, or it has not completed yet") in message

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from aiswa_cli.main import main, parser
+from aiswa_mesh.localca import CertificateAuthority
 
 
 def test_missing_ca_certificate_is_named(tmp_path, capsys):
@@ -52,3 +53,16 @@ def test_closed_pipe_exits_quietly():
                             timeout=60, check=False)
     assert result.returncode == 1
     assert result.stderr == ""
+
+
+def test_empty_folder_rejected_before_upload(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / ".git").mkdir(parents=True)
+    (empty / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(CertificateAuthority("aiswa test gateway CA").cert_pem)
+    # The gateway address is closed: the error must come before any request.
+    code = main(["--api-url", "https://127.0.0.1:1", "--ca-cert", str(ca), "analyze", str(empty)])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert f"{empty} contains no regular files to analyse" in error

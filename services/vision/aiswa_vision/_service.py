@@ -119,10 +119,14 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 roadmap = await (await conn.execute(
                     "SELECT * FROM roadmaps WHERE project_id = %s ORDER BY created_at DESC LIMIT 1",
                     (project_id,))).fetchone()
+            if roadmap is None and run_id:
+                # Says nothing about other projects' runs, which this caller may not see.
+                raise not_found(f"no roadmap for run {run_id} in project {project_id}: the run "
+                                "belongs to another project, or it has not completed yet "
+                                "(roadmaps are built when an analysis run completes)")
             if roadmap is None:
-                which = f"run {run_id}" if run_id else f"project {project_id}"
-                raise not_found(f"no roadmap for {which} yet: it is built when an analysis "
-                                "run completes")
+                raise not_found(f"no roadmap for project {project_id} yet: it is built when an "
+                                "analysis run completes")
             limit_sql = "LIMIT %s" if request.limit else ""
             params: tuple[Any, ...] = (roadmap["run_id"],) + ((request.limit,) if request.limit else ())
             rows = await (await conn.execute(
