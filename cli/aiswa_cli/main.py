@@ -182,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
     status = add("status", "print the state and progress of a run")
     status.add_argument("run", help="run id")
 
-    # Commands for operators of the local platform; `aiswa COMMAND --help` has their options.
+    # Commands for operators of the local platform. `aiswa COMMAND --help` lists their options.
     for name, help_text in PLATFORM_COMMANDS.items():
         command = sub.add_parser(name, help=help_text, add_help=False)
         command.add_argument("arguments", nargs=argparse.REMAINDER)

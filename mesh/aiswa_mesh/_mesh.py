@@ -13,7 +13,7 @@ from ._state import ROOT, StateLayout
 from ._supervisor import Program
 from .envoy_gateway import Address
 from .envoy_sidecar import sidecar_command, write_sidecar_config
-from .openbao import OpenBao, wait_for_identity
+from .openbao import DEFAULT_BOUND_CIDRS, OpenBao, wait_for_identity
 
 
 def opa_command(opa_binary: str, address: tuple[str, int]) -> list[str]:
@@ -100,7 +100,7 @@ class Mesh:
         return self.network.address(workload), self.ports(workload).inbound
 
     def admin_address(self, workload: str) -> Address:
-        """``workload``'s sidecar admin interface: a UNIX socket with pods, else loopback."""
+        """Return ``workload``'s sidecar admin address: a UNIX socket with pods, else loopback."""
         if self.network.enabled:
             return self.network.socket_path(f"sidecar-{workload}-admin")
         return LOOPBACK, self.ports(workload).admin
@@ -127,7 +127,7 @@ class Mesh:
         return self.layout.root / "identity" / workload
 
     def opa_url(self, workload: str) -> str:
-        """The URL of ``workload``'s OPA, inside its pod."""
+        """Return the URL of ``workload``'s OPA, inside its pod."""
         return f"http://{LOOPBACK}:{self.ports(workload).opa}"
 
     def render(self) -> list[Path]:
@@ -186,7 +186,7 @@ class Mesh:
                 "--", *command]
 
     def openbao_environment(self) -> dict[str, str]:
-        """OpenBao's address and CA for a workload in a pod: on the bridge when there are pods."""
+        """Return OpenBao's address and CA for the workloads: on the bridge when there are pods."""
         address = f"https://{self.network.host_address}:{self.openbao.port}"
         return {"AISWA_OPENBAO_ADDR": address,
                 "AISWA_OPENBAO_CACERT": str(self.openbao.ca_cert)}
@@ -215,8 +215,8 @@ class Mesh:
         self.openbao.initialize()
         extra = {name: workload_secret_paths(self.topology, name) for name in self.workloads}
         # A workload logs in from its pod, and its identity agent from the host's loopback.
-        cidrs = {name: ["127.0.0.0/8", *([f"{self.network.address(name)}/32"]
-                                          if self.network.enabled else [])]
+        cidrs = {name: [*DEFAULT_BOUND_CIDRS, *([f"{self.network.address(name)}/32"]
+                                                if self.network.enabled else [])]
                  for name in ["gateway", *self.workloads]}
         self.openbao.configure_pki(["gateway", *self.workloads], self.topology["namespace"],
                                    self.certificate_ttl, extra_paths=extra, bound_cidrs=cidrs)

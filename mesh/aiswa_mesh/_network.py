@@ -41,6 +41,8 @@ CIDR_VARIABLE = "AISWA_POD_CIDR"
 
 
 class Network:
+    """The pods of the local platform, or loopback without them, and the addresses of each."""
+
     def __init__(self, layout: StateLayout, topology: dict) -> None:
         settings = topology["mesh"]["pods"]
         self.layout = layout
@@ -49,7 +51,7 @@ class Network:
         self.shared_ports = sorted({
             int(infra["postgres"]["port"]), int(infra["rabbitmq"]["amqp_port"]),
             int(infra["collector"]["port"]), int(topology["mesh"]["openbao_port"])})
-        # Problems that leave the pods running but less isolated; the launcher prints them.
+        # Problems that leave the pods running but less isolated. The launcher prints them.
         self.warnings: list[str] = []
         self.pods = PodNetwork(
             layout.run, ["gateway", *topology["workloads"]], bridge=settings["bridge"],
@@ -88,7 +90,7 @@ class Network:
         return subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
 
     def start(self) -> str | None:
-        """Create the bridge and the pods; return None, or why every workload uses loopback.
+        """Create the bridge and the pods, and return None or the reason for using loopback.
 
         Raises SystemExit when the pods cannot be created for a reason that
         the operator must fix, such as a range that the host already uses.
@@ -125,7 +127,7 @@ class Network:
         return f"aiswa_{self.pods.bridge}".replace("-", "_")
 
     def _filter_host_ports(self) -> None:
-        """Let pods connect to the host only on ``shared_ports``; reject the rest.
+        """Let pods connect to the host only on ``shared_ports``, and reject the rest.
 
         Traffic between pods is bridged and never enters the host's input
         hook, and the replies to the host's own connections are established.
@@ -153,7 +155,7 @@ class Network:
         result = subprocess.run([nft, "-f", "-"], input=rules, capture_output=True, text=True,
                                 check=False)
         if result.returncode != 0:
-            raise PodsError(f"nft could not load the table {table}: "
+            raise PodsError(f"nft failed to load the table {table}: "
                             f"{(result.stderr or result.stdout).strip()}")
 
     def socket_path(self, name: str) -> Path:

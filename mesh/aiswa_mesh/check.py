@@ -18,6 +18,7 @@ from cryptography import x509
 from aiswa_runtime import load_topology
 
 from ._mesh import Mesh
+from ._network import LOOPBACK
 from ._state import ROOT, default_layout
 from ._supervisor import Supervisor
 from .envoy_sidecar import identity_dns, identity_uri
@@ -113,7 +114,7 @@ def _check_isolation(mesh: Mesh, report: Report) -> None:
                                 f"({inside.stdout.strip() or inside.stderr.strip()})")
             continue
         pod_address = network.address(workload)
-        reached = [f"the host at {host}:{port}" for host in ("127.0.0.1", pod_address)
+        reached = [f"the host at {host}:{port}" for host in (LOOPBACK, pod_address)
                    if connect(host, port) == "open"]
         # Another pod tries the pod's address: gateway, or users for the gateway's targets.
         other = "gateway" if workload != "gateway" else "users"

@@ -718,7 +718,7 @@ def _jwks_cluster(https_port: int, tls: GatewayTls) -> dict:
     }
 
 
-# Where Envoy listens or connects: a (host, port) pair, or a UNIX socket's path.
+# An address that Envoy listens on or connects to: a (host, port) pair, or a UNIX socket's path.
 Address = tuple[str, int] | Path
 
 
@@ -744,7 +744,7 @@ def _socket_address(host: str, port: int) -> dict:
 
 
 def _envoy_address(address: Address) -> dict:
-    """Return Envoy's form of ``address``; a UNIX socket is for its owner only (mode 0600)."""
+    """Return Envoy's form of ``address``. A UNIX socket is for its owner only (mode 0600)."""
     if isinstance(address, Path):
         return {"pipe": {"path": str(address), "mode": 0o600}}
     return _socket_address(*address)

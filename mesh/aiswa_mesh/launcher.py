@@ -197,7 +197,7 @@ class Platform:
         tls = ensure_gateway_tls(self.layout.pki)
         # The edge calls each workload through the gateway's own sidecar,
         # which presents the `gateway` identity. The edge is the platform's
-        # ingress and stays on the host; with pods it reaches the sidecar in
+        # ingress and stays on the host. With pods it reaches the sidecar in
         # the gateway's pod through UNIX sockets.
         service_hosts = {name: self.mesh.gateway_outbound(name)
                          for name in self.mesh.upstreams("gateway")}

@@ -120,7 +120,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                     "SELECT * FROM roadmaps WHERE project_id = %s ORDER BY created_at DESC LIMIT 1",
                     (project_id,))).fetchone()
             if roadmap is None and run_id:
-                # Says nothing about other projects' runs, which this caller may not see.
+                # The message does not tell whether the run exists in another project,
+                # which this caller may not be allowed to see.
                 raise not_found(f"no roadmap for run {run_id} in project {project_id}: the run "
                                 "belongs to another project, or it has not completed yet "
                                 "(roadmaps are built when an analysis run completes)")
