@@ -9,6 +9,7 @@ gets its certificates from OpenBao (aiswa_mesh.openbao).
 from __future__ import annotations
 
 import datetime
+import random
 import socket
 from dataclasses import dataclass
 
@@ -23,12 +24,32 @@ from .envoy_sidecar import identity_dns, identity_uri
 BACKDATE = datetime.timedelta(minutes=5)
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# free_port draws from here: below the kernel's ephemeral range (32768 and up by default), so
+# that no outgoing connection takes a port between free_port() and its owner's bind, and clear
+# of every port in mesh/topology.yaml.
+FREE_PORT_RANGE = (20000, 29999)
+# Every port that free_port handed out in this process. A test often requests several ports
+# before it binds any, so free_port never returns one of these again.
+_HANDED_OUT: set[int] = set()
 
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago and that no caller got before."""
+    low, high = FREE_PORT_RANGE
+    # The search starts at a random port, so two test runs side by side rarely try the same ports.
+    start = random.randint(low, high)
+    for offset in range(high - low + 1):
+        port = low + (start - low + offset) % (high - low + 1)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 between {low} and {high}")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -20,6 +19,7 @@ import pytest
 
 from aiswa_cli._api import Client
 from aiswa_mesh._state import StateLayout, default_layout
+from aiswa_mesh.localca import free_port
 from aiswa_mesh.openbao import OpenBao
 from aiswa_runtime import load_topology
 
@@ -175,12 +175,6 @@ def private_openbao(tmp_path_factory) -> Iterator[OpenBaoServer]:  # type: ignor
         yield server
     finally:
         server.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def supervisorctl(layout: StateLayout, *args: str) -> str:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import ssl
 import stat
 import subprocess
@@ -35,6 +34,7 @@ from google.api import httpbody_pb2
 
 from aiswa.projects.v1 import projects_pb2, projects_pb2_grpc
 from aiswa.users.v1 import users_pb2, users_pb2_grpc
+from aiswa_mesh.localca import free_port
 from aiswa_mesh.envoy_gateway import envoy_binary, render_gateway_config, write_gateway_config
 from aiswa_mesh.pki import GatewayTls, ensure_gateway_tls
 
@@ -163,16 +163,10 @@ class Gateway:
     process: subprocess.Popen[bytes]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _test_topology(rate_limit: dict[str, int]) -> dict:
     topology = copy.deepcopy(yaml.safe_load(TOPOLOGY.read_text()))
-    topology["gateway"]["https_port"] = _free_port()
-    topology["gateway"]["admin_port"] = _free_port()
+    topology["gateway"]["https_port"] = free_port()
+    topology["gateway"]["admin_port"] = free_port()
     topology["gateway"]["rate_limit"] = rate_limit
     return topology
 
@@ -186,7 +180,7 @@ async def _start_gateway(folder: Path, backends: Backends, rate_limit: dict[str,
 
     # Reflector and vision get a closed port: no test calls them, and no call
     # may reach a platform that happens to run on the topology's ports.
-    closed_port = _free_port()
+    closed_port = free_port()
     hosts = {
         "users": ("127.0.0.1", backends.port),
         "projects": ("127.0.0.1", backends.port),

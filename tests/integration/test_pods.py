@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from aiswa_mesh.localca import free_port
 from aiswa_mesh.pods import (
     MAX_INTERFACE_NAME,
     PodNetwork,
@@ -96,18 +97,6 @@ def free_range() -> str:
         if not any(network.overlaps(other) for other in used):
             return str(network)
     raise AssertionError("no free 10.99.x.0/24 range on this host")
-
-
-def free_port() -> int:
-    """Return a port outside the platform's ranges that is free on the host's loopback."""
-    while True:
-        port = random.randint(20000, 29999)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 class Sandbox:

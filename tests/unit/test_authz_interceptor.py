@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
+from aiswa_mesh.localca import free_port
 from aiswa_runtime import ConfigError
 from aiswa_runtime._authz import AuthorizationInterceptor, authorization_interceptor_from_env
 from aiswa_runtime._logging import _ContextFilter
@@ -63,19 +63,13 @@ def denials(method: str, kind: str) -> float:
 # --- OPA and stand-ins for it -------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class OpaProcess:
     """`opa run --server` on a free loopback port, with the version check off."""
 
     def __init__(self, policy_dir: Path, log_file: Path, *, watch: bool = False) -> None:
         if not OPA.exists():
             pytest.fail(f"{OPA} is missing; install it with `bash scripts/install-opa.sh`")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [str(OPA), "run", "--server", "--addr", f"127.0.0.1:{self.port}",
                    "--skip-version-check", "--log-level", "error", str(policy_dir)]
