@@ -73,16 +73,16 @@ class Client:
         except httpx.ConnectError as exc:
             raise ApiError(f"cannot reach the gateway at {self.base_url} ({exc}); is the "
                            "platform up? `make up` starts it") from None
+        if reply.status_code < 400:
+            return reply.json() if reply.content else {}
+        try:
+            message = reply.json().get("message", reply.text)
+        except (ValueError, AttributeError):  # not JSON, or JSON that is not an object
+            message = reply.text
         if reply.status_code == 401:
             raise ApiError(f"{method} {path} was rejected as unauthenticated "
-                           f"({reply.text.strip() or 401}); run `aiswa login`")
-        if reply.status_code >= 400:
-            try:
-                message = reply.json().get("message", reply.text)
-            except ValueError:
-                message = reply.text
-            raise ApiError(f"{method} {path} failed with HTTP {reply.status_code}: {message}")
-        return reply.json() if reply.content else {}
+                           f"({message.strip() or 401}); run `aiswa login`")
+        raise ApiError(f"{method} {path} failed with HTTP {reply.status_code}: {message}")
 
     def login(self, api_key: str) -> dict[str, Any]:
         reply = self.request("POST", "/v1/auth/token", body={"api_key": api_key}, auth=False)

@@ -269,7 +269,7 @@ def _https_listener(
         },
         "access_log": [_access_log(access_log)],
         **_tracing(topology),
-        "local_reply_config": _local_reply_config(),
+        "local_reply_config": _local_reply_config(max_request_bytes),
         "route_config": _route_config(workloads),
         "http_filters": [
             _local_ratelimit_filter(topology["gateway"]["rate_limit"]),
@@ -314,31 +314,84 @@ def _https_listener(
     }
 
 
-def _local_reply_config() -> dict:
-    """Turn jwt_authn's 403 for a token of another audience into 401.
+# Envoy's own error replies to REST clients, as JSON in the transcoder's shape: the HTTP status,
+# the google.rpc.Code that maps to it, and what the client can do. gRPC clients get Envoy's
+# usual grpc-status and grpc-message instead. 404s are left out because the routes' 404s are
+# JSON already.
+_LOCAL_REPLY_CODES: dict[int, tuple[int, str]] = {
+    # The transcoder's messages already name the invalid field, and those seen end with a period.
+    400: (3, ""),
+    401: (16, "Get a token with POST /v1/auth/token and send it as 'Authorization: Bearer TOKEN'."),
+    413: (8, "Send a request body of at most {max_request_bytes} bytes."),
+    429: (8, "Wait for the seconds in x-ratelimit-reset and retry."),
+    503: (14, "The service behind this path is unavailable. Retry later."),
+    504: (4, "The service did not reply within the route's timeout. Retry later."),
+}
+
+
+def _local_reply_config(max_request_bytes: int) -> dict:
+    """Turn jwt_authn's 403 for a token of another audience into 401, and format errors as JSON.
 
     Envoy's jwt_authn returns 403 for that one failure and 401 for all others
     (source/extensions/filters/http/jwt_authn/filter.cc). A token meant for
     another API is an invalid token here (RFC 6750, section 3.1), so clients
-    get 401 and know to fetch a new token.
+    get 401 and know to fetch a new token. The first mapper that matches a
+    reply applies, so the audience mappers come first.
     """
-    return {
-        "mappers": [{
+    # Only jwt_authn writes this metadata, so backend 403s keep their status.
+    wrong_audience = [
+        {"status_code_filter": _status_is(403, "aiswa_gateway.jwt_403")},
+        {"metadata_filter": {"matcher": {
+            "filter": "envoy.filters.http.jwt_authn",
+            "path": [{"key": JWT_FAILURE_METADATA_KEY}],
+            "value": {"present_match": True},
+        }}},
+    ]
+    rest = _rest_request_filter()
+    mappers: list[dict[str, Any]] = [
+        {"filter": {"and_filter": {"filters": [*wrong_audience, rest]}},
+         "status_code": 401,
+         "body_format_override": _json_reply(401, max_request_bytes)},
+        {"filter": {"and_filter": {"filters": wrong_audience}}, "status_code": 401},
+    ]
+    for status in _LOCAL_REPLY_CODES:
+        mappers.append({
             "filter": {"and_filter": {"filters": [
-                {"status_code_filter": {"comparison": {
-                    "op": "EQ",
-                    "value": {"default_value": 403, "runtime_key": "aiswa_gateway.jwt_403"},
-                }}},
-                # Only jwt_authn writes this metadata, so backend 403s keep their status.
-                {"metadata_filter": {"matcher": {
-                    "filter": "envoy.filters.http.jwt_authn",
-                    "path": [{"key": JWT_FAILURE_METADATA_KEY}],
-                    "value": {"present_match": True},
-                }}},
+                {"status_code_filter": _status_is(status, f"aiswa_gateway.local_reply_{status}")},
+                rest,
             ]}},
-            "status_code": 401,
-        }],
-    }
+            "body_format_override": _json_reply(status, max_request_bytes),
+        })
+    return {"mappers": mappers}
+
+
+def _status_is(status: int, runtime_key: str) -> dict:
+    return {"comparison": {"op": "EQ", "value": {"default_value": status,
+                                                  "runtime_key": runtime_key}}}
+
+
+def _rest_request_filter() -> dict:
+    """Match REST requests: those not of content-type application/grpc, or transcoded ones."""
+    return {"or_filter": {"filters": [
+        {"header_filter": {"header": {
+            "name": "content-type",
+            "string_match": {"prefix": "application/grpc"},
+            "invert_match": True,
+            # A GET without a body has no content-type and is not gRPC either.
+            "treat_missing_header_as_empty": True,
+        }}},
+        # The transcoder sets content-type to application/grpc and keeps the REST path here.
+        {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}},
+    ]}}
+
+
+def _json_reply(status: int, max_request_bytes: int) -> dict:
+    code, advice = _LOCAL_REPLY_CODES[status]
+    message = "%LOCAL_REPLY_BODY%"
+    if advice:
+        message += ". " + advice.format(max_request_bytes=max_request_bytes)
+    return {"json_format": {"code": code, "message": message},
+            "content_type": "application/json"}
 
 
 def _local_ratelimit_filter(rate_limit: dict[str, Any]) -> dict:

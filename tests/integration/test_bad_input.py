@@ -7,12 +7,13 @@ import io
 import json
 import ssl
 import tarfile
+import time
 import uuid
 
 import httpx
 import pytest
 
-from aiswa_cli._api import ApiError
+from aiswa_cli._api import ApiError, Client
 from aiswa_users._tokens import SigningKey
 from conftest import STDLIB, pack_python, wait_run
 
@@ -43,6 +44,22 @@ def test_valid_token_accepted(http, real_key, admin):
 def test_missing_token_rejected(http):
     reply = http.get("/v1/users/me")
     assert reply.status_code == 401
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json()["code"] == 16
+    assert reply.json()["message"].startswith("Jwt is missing. ")
+
+
+def test_cli_names_token_failure(tmp_path, gateway_url, ca_cert):
+    # A token that the CLI believes valid, but that the gateway rejects.
+    token_file = tmp_path / "token.json"
+    token_file.write_text(json.dumps({"access_token": "not.a.token", "expires_at": time.time() + 600}))
+    client = Client(gateway_url, ca_cert, token_file)
+    with pytest.raises(ApiError) as failure:
+        client.request("GET", "/v1/users/me")
+    assert "GET /v1/users/me was rejected as unauthenticated (Jwt" in str(failure.value)
+    assert str(failure.value).endswith("; run `aiswa login`")
+    # The CLI shows the message, not the JSON around it.
+    assert '"code"' not in str(failure.value)
 
 
 def test_tampered_token_rejected(http, real_key, admin):

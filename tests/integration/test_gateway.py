@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.api import httpbody_pb2
 
 from aiswa.projects.v1 import projects_pb2, projects_pb2_grpc
+from aiswa.reflector.v1 import reflector_pb2, reflector_pb2_grpc
 from aiswa.users.v1 import users_pb2, users_pb2_grpc
 from aiswa_mesh.localca import free_port
 from aiswa_mesh.envoy_gateway import envoy_binary, render_gateway_config, write_gateway_config
@@ -340,6 +341,11 @@ async def test_missing_token_rejected(client, backends):
     reply = await client.get("/v1/users/me")
     assert reply.status_code == 401
     assert len(backends.calls.of("GetCurrentUser")) == before
+    # Envoy's own replies come as JSON in the transcoder's shape, with what to do next.
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json()["code"] == 16
+    assert reply.json()["message"].startswith("Jwt is missing. ")
+    assert "POST /v1/auth/token" in reply.json()["message"]
 
 
 async def test_valid_token_forwards_claims(client, backends):
@@ -385,6 +391,8 @@ async def test_invalid_token_rejected(client, backends, kind):
     reply = await client.get("/v1/users/me", headers=_bearer(token))
     assert reply.status_code == 401, reply.text
     assert len(backends.calls.of("GetCurrentUser")) == before
+    assert reply.json()["code"] == 16
+    assert "Authorization: Bearer TOKEN" in reply.json()["message"]
 
 
 async def test_token_in_query_rejected(client, backends):
@@ -480,7 +488,8 @@ async def test_unknown_query_parameter_rejected(client, backends):
         "/v1/projects/p-1", params={"colour": "red"}, headers=_bearer(_token(backends.signing_key))
     )
     assert reply.status_code == 400
-    assert "colour" in reply.text
+    assert reply.json()["code"] == 3
+    assert "colour" in reply.json()["message"]
 
 
 async def test_unknown_path_returns_404(client, backends):
@@ -498,7 +507,14 @@ async def test_grpc_client_routed(gateway, backends):
         assert json.loads(_decode_segment(user.user_id))["sub"] == "user-1"
         with pytest.raises(grpc.aio.AioRpcError) as failure:
             await stub.GetCurrentUser(users_pb2.GetCurrentUserRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as wrong_audience:
+            await stub.GetCurrentUser(users_pb2.GetCurrentUserRequest(), metadata=(
+                ("authorization", f"Bearer {_token(backends.signing_key, aud='another-api')}"),))
     assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # gRPC clients keep Envoy's plain message, not the JSON that REST clients get.
+    assert failure.value.details() == "Jwt is missing"
+    assert wrong_audience.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert wrong_audience.value.details() == "Audiences in Jwt are not allowed"
 
 
 async def test_grpc_public_method_needs_no_token(gateway, backends):
@@ -548,6 +564,28 @@ async def test_upload_over_limit_rejected(client, backends):
     reply = await client.post("/v1/projects/p-1/archives", content=body, headers=headers)
     assert reply.status_code == 413
     assert len(backends.calls.of("UploadArchive")) == before
+    assert reply.json()["code"] == 8
+    assert f"at most {limit} bytes" in reply.json()["message"]
+
+
+async def test_unreachable_service_gets_json_503(client, backends):
+    # Reflector's port is closed in these tests.
+    reply = await client.get("/v1/runs/r-1/report", headers=_bearer(_token(backends.signing_key)))
+    assert reply.status_code == 503
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json()["code"] == 14
+    assert reply.json()["message"].endswith("unavailable. Retry later.")
+
+
+async def test_unreachable_service_plain_for_grpc(gateway, backends):
+    metadata = (("authorization", f"Bearer {_token(backends.signing_key)}"),)
+    async with _grpc_channel(gateway) as channel:
+        stub = reflector_pb2_grpc.ReflectorServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.GetReport(reflector_pb2.GetReportRequest(run_id="r-1"), metadata=metadata)
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert failure.value.details().startswith("upstream connect error")
+    assert "Retry later" not in failure.value.details()
 
 
 # --- transport and logs ---------------------------------------------------------------
@@ -622,6 +660,8 @@ async def test_burst_over_rate_limit_gets_429(limited_gateway):
     assert set(statuses) <= {200, 429}
     assert limited[0].headers["x-ratelimit-limit"] == "5"
     assert limited[0].headers["x-ratelimit-remaining"] == "0"
+    assert limited[0].json()["code"] == 8
+    assert "x-ratelimit-reset" in limited[0].json()["message"]
 
 
 # --- configuration and certificates ------------------------------------------------------
