@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import multiprocessing
 import os
 import sys
 import sysconfig
@@ -374,7 +375,10 @@ def comparisons() -> dict[str, FileComparison]:
     names = _stdlib_files()
     # Largest files first, so that no worker is left with a large file at the end.
     names.sort(key=lambda name: (STDLIB / name).stat().st_size, reverse=True)
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    # Spawned, not forked: a forked child inherits the gRPC objects of earlier tests, and
+    # collecting them in the child has hung it at full CPU.
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(_compare_file, names, chunksize=4))
     return {result.name: result for result in sorted(results, key=lambda result: result.name)}
 

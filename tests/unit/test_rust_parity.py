@@ -9,6 +9,7 @@ docs/metrics.md reproduces.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import sysconfig
 from concurrent.futures import ProcessPoolExecutor
@@ -59,7 +60,10 @@ def _reference(files: list[tuple[str, bytes]]) -> list[FileMetrics]:
 def _reference_parallel(files: list[tuple[str, bytes]]) -> list[FileMetrics]:
     workers = os.cpu_count() or 1
     chunks = [files[index::workers] for index in range(workers)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # Spawned, not forked: a forked child inherits the gRPC objects of earlier tests, and
+    # collecting them in the child has hung it at full CPU.
+    with ProcessPoolExecutor(max_workers=workers,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = list(pool.map(_reference, chunks))
     results: list[FileMetrics | None] = [None] * len(files)
     for index, part in enumerate(parts):
