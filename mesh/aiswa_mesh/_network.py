@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from ._state import ROOT, StateLayout
-from .pods import LOOPBACK_FALLBACK, PodNetwork, PodsError, PodsUnavailable
+from .pods import LOOPBACK_FALLBACK, PodNetwork, PodRangeInUse, PodsError, PodsUnavailable
 
 LOOPBACK = "127.0.0.1"
 # AISWA_PODS=off keeps every workload on the host's loopback interface.
@@ -104,11 +104,16 @@ class Network:
         except PodsUnavailable as exc:
             self.stop()
             return str(exc)
-        except PodsError as exc:
+        except PodRangeInUse as exc:
             self.stop()
             raise SystemExit(f"launcher: cannot create the pods: {exc}. Set {CIDR_VARIABLE} "
                              f"to another private range, or {PODS_VARIABLE}=off to run "
                              "without pods") from exc
+        except PodsError as exc:
+            self.stop()
+            raise SystemExit(f"launcher: cannot create the pods: {exc}. Fix that and run "
+                             f"`make up` again, or set {PODS_VARIABLE}=off to run without "
+                             "pods") from exc
         return None
 
     def stop(self) -> None:

@@ -63,6 +63,10 @@ class PodsError(RuntimeError):
     """An iproute2 command failed, or the state file disagrees with the requested network."""
 
 
+class PodRangeInUse(PodsError):
+    """The pod range overlaps a route of the host."""
+
+
 class PodsUnavailable(PodsError):
     """This process cannot create network namespaces (not root, or not permitted here)."""
 
@@ -239,7 +243,7 @@ class PodNetwork:
                 )
 
     def _check_range_free(self, ip: str) -> None:
-        """Raise PodsError when any host route off this bridge overlaps the range.
+        """Raise PodRangeInUse when any host route off this bridge overlaps the range.
 
         Every address has a route in the local table, even on a link that is
         down, so checking the routes of all tables also checks the addresses.
@@ -254,7 +258,7 @@ class PodNetwork:
             except ValueError:
                 continue
             if network.overlaps(self.network):
-                raise PodsError(
+                raise PodRangeInUse(
                     f"pod range {self.network} overlaps the host route {destination} on "
                     f"{route.get('dev', 'no device')}; choose a range that the host does not use"
                 )

@@ -9,6 +9,7 @@ import pytest
 from aiswa_mesh._network import Network
 from aiswa_mesh._state import ROOT, StateLayout
 from aiswa_mesh.launcher import Platform
+from aiswa_mesh.pods import PodRangeInUse, PodsError
 from aiswa_runtime import load_topology
 
 TOPOLOGY = load_topology(str(ROOT / "mesh" / "topology.yaml"))
@@ -84,3 +85,26 @@ def test_missing_nft_warns(layout, monkeypatch):
     assert "nft (Debian package nftables) was not found" in network.warnings[0]
     assert "run `make setup`" in network.warnings[0]
     assert network.shared_ports == [54317, 55432, 55672, 58200]
+
+
+@pytest.mark.parametrize("error, advice", [
+    (PodRangeInUse("pod range 10.77.0.0/24 overlaps the host route 10.77.0.0/16 on eth1"),
+     "Set AISWA_POD_CIDR to another private range"),
+    (PodsError("nft failed to load the table aiswa_aiswa0: Operation not supported"),
+     "Fix that and run `make up` again"),
+])
+def test_pod_failure_advice_fits_cause(layout, monkeypatch, error, advice):
+    def fail() -> None:
+        raise error
+
+    removed = []
+    network = Network(layout, TOPOLOGY)
+    monkeypatch.setattr(network.pods, "create", fail)
+    monkeypatch.setattr(network, "stop", lambda: removed.append(True))
+    with pytest.raises(SystemExit) as failure:
+        network.start()
+    message = str(failure.value)
+    assert message.startswith(f"launcher: cannot create the pods: {error}. {advice}")
+    assert message.endswith("AISWA_PODS=off to run without pods")
+    # Whatever start() created before the failure is removed.
+    assert removed == [True]
