@@ -27,6 +27,11 @@ def _print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _count(number: int, noun: str) -> str:
+    """Return "1 item" or "3 items"."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _print_summary(report: dict[str, Any]) -> None:
     summary = report["summary"]
     print(f"Report of run {report['run_id']} (engine: {report['engine']})")
@@ -37,7 +42,8 @@ def _print_summary(report: dict[str, Any]) -> None:
     print(f"  mean / max complexity {summary['mean_cyclomatic_complexity']:.2f} / "
           f"{summary['max_cyclomatic_complexity']}")
     print(f"  mean maintainability  {summary['mean_maintainability_index']:.1f}")
-    print(f"  duplicated code       {summary.get('duplicates', 0)} pairs of ranges")
+    duplicates = summary.get("duplicates", 0)
+    print(f"  duplicated code       {_count(duplicates, 'pair')} of ranges")
     functions = [(fn, f["path"]) for f in report["files"] for fn in f["functions"]]
     functions.sort(key=lambda pair: -pair[0]["cyclomatic_complexity"])
     if functions:
@@ -49,7 +55,7 @@ def _print_summary(report: dict[str, Any]) -> None:
 
 def _print_roadmap(roadmap: dict[str, Any], top: int) -> None:
     items = roadmap.get("items", [])
-    print(f"Roadmap of run {roadmap['run_id']}: {len(items)} items, best WSJF first")
+    print(f"Roadmap of run {roadmap['run_id']}: {_count(len(items), 'item')}, best WSJF first")
     print(f"  {'rank':>4}  {'wsjf':>6}  target / problem")
     for item in items[:top] if top else items:
         target = item["path"] + (f":{item['line']} {item['qualified_name']}"
@@ -65,7 +71,9 @@ def _wait(client: Client, run_id: str, timeout: float, quiet: bool) -> dict[str,
         if not quiet:
             done, total = run["files_done"], run["files_total"]
             state = run["state"].removeprefix("RUN_STATE_").lower()
-            print(f"\r  {state:<10} {done}/{total} files", end="", file=sys.stderr, flush=True)
+            # The total stays 0 until the worker reports its first batch of files.
+            files = f"{done}/{total} files" if total else "counting files"
+            print(f"\r  {state:<10} {files:<20}", end="", file=sys.stderr, flush=True)
         if run["state"] in _TERMINAL:
             if not quiet:
                 print(file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The command-line client: a bad CA certificate option, its help and a closed pipe."""
+"""The command-line client: a bad CA certificate option, its help, a closed pipe and its output."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from aiswa_cli.main import main, parser
+from aiswa_cli.main import _print_roadmap, _wait, main, parser
 from aiswa_mesh.localca import CertificateAuthority
 
 
@@ -66,3 +66,33 @@ def test_empty_folder_rejected_before_upload(tmp_path, capsys):
     error = capsys.readouterr().err
     assert code == 1
     assert f"{empty} contains no regular files to analyse" in error
+
+
+def _roadmap_item(rank: int) -> dict:
+    return {"rank": rank, "wsjf": 2.5, "path": "a.py", "line": 3, "qualified_name": "f",
+            "problem": "complex"}
+
+
+@pytest.mark.parametrize("count, heading", [(1, "1 item,"), (2, "2 items,")])
+def test_roadmap_heading_counts_items(capsys, count, heading):
+    _print_roadmap({"run_id": "r-1", "items": [_roadmap_item(n) for n in range(count)]}, top=0)
+    assert capsys.readouterr().out.splitlines()[0] == f"Roadmap of run r-1: {heading} best WSJF first"
+
+
+def test_progress_waits_for_file_count(capsys):
+    class Runs:
+        """A client whose run moves from unpacking to completed, one state per request."""
+
+        def __init__(self) -> None:
+            self.states = [("RUN_STATE_RUNNING", 0, 0), ("RUN_STATE_RUNNING", 1, 3),
+                           ("RUN_STATE_COMPLETED", 3, 3)]
+
+        def run(self, run_id: str) -> dict:
+            state, done, total = self.states.pop(0)
+            return {"run_id": run_id, "state": state, "files_done": done, "files_total": total}
+
+    run = _wait(Runs(), "r-1", timeout=30, quiet=False)
+    progress = [line.strip() for line in capsys.readouterr().err.split("\r") if line.strip()]
+    assert run["state"] == "RUN_STATE_COMPLETED"
+    assert progress == ["running    counting files", "running    1/3 files",
+                        "completed  3/3 files"]
