@@ -111,7 +111,8 @@ class Mesh:
         if isinstance(address, Path):
             return httpx.Client(transport=httpx.HTTPTransport(uds=str(address)),
                                 base_url="http://admin", timeout=timeout)
-        return httpx.Client(base_url=f"http://{address[0]}:{address[1]}", timeout=timeout)
+        return httpx.Client(base_url=f"http://{address[0]}:{address[1]}", timeout=timeout,
+                            trust_env=False)
 
     def gateway_outbound(self, upstream: str) -> Address:
         """Return where the gateway's edge proxy reaches ``upstream`` through the gateway's sidecar.

@@ -364,19 +364,10 @@ class Platform:
             print(result.stdout.strip())
 
     def _wait_gateway(self, timeout: float = 30.0) -> None:
-        import urllib.request
-
         admin = self.topology["gateway"]["admin_port"]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=2) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise SystemExit(f"the gateway did not become ready; see {self.layout.logs / 'gateway.log'}")
+        with httpx.Client(base_url=f"http://127.0.0.1:{admin}", timeout=2, trust_env=False) as client:
+            _wait_envoy_ready(client, "the gateway", f"127.0.0.1:{admin}", timeout,
+                              f"see {self.layout.logs / 'gateway.log'}")
 
     def _start(self, name: str, wait_ready) -> None:  # type: ignore[no-untyped-def]
         started = time.monotonic()
@@ -402,20 +393,28 @@ class Platform:
 
 def _wait_admin_ready(mesh: Mesh, workload: str, timeout: float = 60.0) -> None:
     """Wait until ``workload``'s sidecar reports ready on its admin interface."""
-    deadline = time.monotonic() + timeout
-    last = ""
+    address = mesh.admin_address(workload)
+    where = str(address) if isinstance(address, Path) else f"{address[0]}:{address[1]}"
     with mesh.admin_client(workload) as admin:
-        while time.monotonic() < deadline:
-            try:
-                reply = admin.get("/ready")
-                if reply.status_code == 200:
-                    return
-                last = f"status {reply.status_code}: {reply.text.strip()}"
-            except httpx.HTTPError as exc:
-                last = str(exc)
-            time.sleep(0.3)
-    raise SystemExit(f"the sidecar of {workload} was not ready at {mesh.admin_address(workload)} "
-                     f"within {timeout:.0f} s (last: {last})")
+        _wait_envoy_ready(admin, f"the sidecar of {workload}", where, timeout)
+
+
+def _wait_envoy_ready(admin: httpx.Client, what: str, where: str, timeout: float,
+                      advice: str = "") -> None:
+    """Poll Envoy's admin ``/ready`` until it returns 200, or raise SystemExit after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = "no reply"
+    while time.monotonic() < deadline:
+        try:
+            reply = admin.get("/ready")
+            if reply.status_code == 200:
+                return
+            last = f"status {reply.status_code}: {reply.text.strip()}"
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.3)
+    raise SystemExit(f"{what} was not ready at {where} within {timeout:g} s (last: {last})"
+                     + (f"; {advice}" if advice else ""))
 
 
 def _wait_grpc_port(name: str, port: int, timeout: float = 30.0) -> None:
