@@ -8,6 +8,19 @@ cd "$root"
 py="$root/.state/venv/bin/python"
 launcher=("$py" -m aiswa_mesh.launcher)
 
+# The Rust core's own tests, and clippy with warnings as errors. Two jobs, as in
+# scripts/build-rust-ext.sh.
+(
+  cd "$root/rust-ext"
+  export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+  if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --release --locked --quiet -- -D warnings
+  else
+    echo "make test: cargo clippy is not installed, so the Rust core is not linted" >&2
+  fi
+  cargo test --release --locked --quiet
+)
+
 started=0
 if ! "${launcher[@]}" status >/dev/null 2>&1; then
   # Two-minute certificates rotate about once a minute, so the suite runs

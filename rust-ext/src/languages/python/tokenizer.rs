@@ -624,10 +624,10 @@ fn number_end(bytes: &[u8], pos: usize, max: usize) -> Option<usize> {
     }
 
     // Imagnumber
-    if let Some(end) = digit_part(bytes, pos, max) {
-        if is_imaginary_suffix(bytes, end, max) {
-            return Some(end + 1);
-        }
+    if let Some(end) = digit_part(bytes, pos, max)
+        && is_imaginary_suffix(bytes, end, max)
+    {
+        return Some(end + 1);
     }
     let point = point_float(bytes, pos, max);
     if let Some((base, with_exponent)) = point {
@@ -637,10 +637,10 @@ fn number_end(bytes: &[u8], pos: usize, max: usize) -> Option<usize> {
         }
     }
     let exp = exp_float(bytes, pos, max);
-    if let Some(end) = exp {
-        if is_imaginary_suffix(bytes, end, max) {
-            return Some(end + 1);
-        }
+    if let Some(end) = exp
+        && is_imaginary_suffix(bytes, end, max)
+    {
+        return Some(end + 1);
     }
 
     // Floatnumber

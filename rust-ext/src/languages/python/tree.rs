@@ -412,12 +412,12 @@ impl<'a> Walker<'a> {
 
     /// Update the end line, the decision points and the Halstead counts.
     fn measure(&mut self, item: &Item<'a>) {
-        if let Some(end_scope) = item.end_scope {
-            if let Some(offset) = cpython_position(item.node) {
-                let line = self.line(offset);
-                let scope = &mut self.scopes[end_scope as usize];
-                scope.line_end = scope.line_end.max(line);
-            }
+        if let Some(end_scope) = item.end_scope
+            && let Some(offset) = cpython_position(item.node)
+        {
+            let line = self.line(offset);
+            let scope = &mut self.scopes[end_scope as usize];
+            scope.line_end = scope.line_end.max(line);
         }
         if let Some(scope) = item.complexity_scope {
             self.scopes[scope as usize].decisions += decision_points(item.node);
@@ -712,7 +712,7 @@ impl<'a> Walker<'a> {
             Expr::UnaryOp(unary) => self.push_expr(parent, &unary.operand),
             Expr::Lambda(lambda) => {
                 if let Some(parameters) = &lambda.parameters {
-                    self.push(parent, Node::Parameters(&**parameters));
+                    self.push(parent, Node::Parameters(parameters));
                 } else {
                     // CPython has an empty `arguments` node even without parameters.
                     self.check_leaf(parent);
