@@ -145,6 +145,19 @@ class RabbitMQ:
             self.ctl("delete_user", stale)
 
 
+    def bound_queue(self, queue: str, max_length: int) -> None:
+        """Keep at most ``max_length`` messages in ``queue`` and in its dead-letter queue.
+
+        A policy, not a queue argument, so that it applies to queues that
+        already exist. The broker drops the oldest message of a full queue,
+        and the main queue's dropped messages go to the dead-letter queue.
+        """
+        pattern = f"^{re.escape(queue)}(\\.dlq)?$"
+        definition = json.dumps({"max-length": max_length, "overflow": "drop-head"})
+        self.ctl("set_policy", "-p", self.vhost, "--apply-to", "queues",
+                 f"aiswa-bound-{queue}", pattern, definition)
+
+
 def password_hash(password: str) -> str:
     """RabbitMQ's rabbit_password_hashing_sha256 hash: base64(salt + sha256(salt + password))."""
     salt = secrets.token_bytes(4)

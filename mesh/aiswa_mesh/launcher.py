@@ -329,6 +329,9 @@ class Platform:
             asyncio.run(declare_topology(url))
         finally:
             bao.revoke_lease(lease["lease_id"])
+        for name, spec in self.topology["queues"].items():
+            if "max_length" in spec:
+                self.rabbitmq.bound_queue(name, int(spec["max_length"]))
 
     def _one_shot(self, name: str, approle: str, database_role: str,
                   args: list[str]) -> subprocess.CompletedProcess[str]:

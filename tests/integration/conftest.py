@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from aiswa_cli._api import Client
+from aiswa_mesh._rabbitmq import RabbitMQ
 from aiswa_mesh._state import StateLayout, default_layout
 from aiswa_mesh.localca import free_port
 from aiswa_mesh.openbao import OpenBao
@@ -38,6 +39,14 @@ def layout() -> StateLayout:
 @pytest.fixture(scope="session")
 def topology() -> dict:
     return load_topology(str(ROOT / "mesh" / "topology.yaml"))
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(layout, topology) -> RabbitMQ:
+    """The platform's RabbitMQ, for rabbitmqctl."""
+    rabbit = topology["infrastructure"]["rabbitmq"]
+    return RabbitMQ(layout, rabbit["amqp_port"], rabbit["dist_port"], rabbit["epmd_port"],
+                    rabbit["vhost"], rabbit["management_port"])
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ service may do.
 from __future__ import annotations
 
 import copy
+import json
 
 import aio_pika
 import pytest
@@ -102,3 +103,20 @@ async def test_missing_exchange_stops_connect(leases, topology, monkeypatch):
     await broker.close()
     assert "exchange 'aiswa.missing' is missing from RabbitMQ" in str(failure.value)
     assert "make up" in str(failure.value)
+
+
+def test_dashboard_queues_are_bounded(rabbitmq, topology):
+    # `make up` sets this policy. The services' task and event queues must never drop messages.
+    queues = json.loads(rabbitmq.ctl("list_queues", "-p", rabbitmq.vhost, "--formatter", "json",
+                                     "name", "policy"))
+    applied = {queue["name"]: queue["policy"] for queue in queues}
+    policies = json.loads(rabbitmq.ctl("list_policies", "-p", rabbitmq.vhost,
+                                       "--formatter", "json"))
+    definitions = {policy["name"]: json.loads(policy["definition"]) for policy in policies}
+    limit = topology["queues"]["dashboard.events"]["max_length"]
+    assert applied["dashboard.events"] == "aiswa-bound-dashboard.events"
+    assert applied["dashboard.events.dlq"] == "aiswa-bound-dashboard.events"
+    assert definitions["aiswa-bound-dashboard.events"] == {
+        "max-length": limit, "overflow": "drop-head"}
+    for name in ("reflector.analyze", "reflector.analyze.dlq", "projects.events"):
+        assert applied[name] == "", name

@@ -25,7 +25,6 @@ import pytest
 
 from aiswa_cli._api import ApiError
 from aiswa_mesh._postgres import Postgres
-from aiswa_mesh._rabbitmq import RabbitMQ
 from aiswa_mesh.openbao import OpenBao, openbao_binary
 from conftest import STDLIB, pack_python, supervisorctl, wait_run
 
@@ -233,7 +232,7 @@ def test_no_password_in_repository_config_environment_or_logs(layout):
     assert found == {}
 
 
-def test_no_static_login_exists(layout, postgres, topology):
+def test_no_static_login_exists(layout, postgres, rabbitmq):
     # Every PostgreSQL login with a password is OpenBao's own (its password
     # rotated, known only to OpenBao) or a dynamic one that expires.
     rows = postgres.sql("SELECT rolname, coalesce(rolvaliduntil::text, 'never') FROM pg_authid "
@@ -246,10 +245,7 @@ def test_no_static_login_exists(layout, postgres, topology):
             assert valid_until != "never", name
     assert not any(path.name.startswith(("postgres-", "rabbitmq-"))
                    for path in layout.secrets.iterdir())
-    rabbit = topology["infrastructure"]["rabbitmq"]
-    broker = RabbitMQ(layout, rabbit["amqp_port"], rabbit["dist_port"], rabbit["epmd_port"],
-                      rabbit["vhost"], rabbit["management_port"])
-    users = {line.split("\t")[0] for line in broker.ctl("list_users").splitlines()}
+    users = {line.split("\t")[0] for line in rabbitmq.ctl("list_users").splitlines()}
     assert "aiswa-admin" in users
     assert users.isdisjoint({"guest", *RABBITMQ_SERVICES}), users
 
