@@ -254,7 +254,7 @@ class Platform:
                                                   app_role(name))
             groups += [owner_role(name), app_role(name)]
         self.postgres.ensure_openbao_login(POSTGRES_ADMIN_ROLE, groups)
-        self._start("epmd", lambda: time.sleep(0.3))
+        self._start("epmd")
         self._start("rabbitmq", self.rabbitmq.wait_ready)
         # A new administrator password at every start, known only to OpenBao
         # once configure_secrets has passed it on.
@@ -284,7 +284,7 @@ class Platform:
 
     def _start_mesh_infrastructure(self, rabbitmq_admin: tuple[str, str]) -> None:
         mesh = self.mesh
-        self._start("openbao", lambda: None)
+        self._start("openbao")
 
         def postgres_password() -> str:
             # Handed to OpenBao, which rotates it at once (rotate-root).
@@ -293,7 +293,7 @@ class Platform:
             return password
 
         mesh.bootstrap(postgres_password=postgres_password, rabbitmq_admin=rabbitmq_admin)
-        self._start("openbao-unseal", lambda: None)
+        self._start("openbao-unseal")
         for name in ("gateway", *SERVICES):
             self._start(f"identity-{name}", lambda name=name: mesh.wait_identity(name))
 
@@ -372,11 +372,17 @@ class Platform:
             _wait_envoy_ready(client, "the gateway", f"127.0.0.1:{admin}", timeout,
                               f"see {self.layout.logs / 'gateway.log'}")
 
-    def _start(self, name: str, wait_ready) -> None:  # type: ignore[no-untyped-def]
+    def _start(self, name: str, wait_ready=None) -> None:  # type: ignore[no-untyped-def]
+        """Start program ``name`` and wait until ``wait_ready()`` returns.
+
+        Without ``wait_ready``, wait until supervisord counts the program as
+        running (alive for two seconds) instead.
+        """
         started = time.monotonic()
-        self.supervisor.start(name)
+        self.supervisor.start(name, wait=wait_ready is None)
         try:
-            wait_ready()
+            if wait_ready is not None:
+                wait_ready()
         except SystemExit:
             _print_tail(self.layout.logs / f"{name}.log")
             raise

@@ -575,12 +575,29 @@ def _agent_login(bao: OpenBao, workload: str, bootstrap: bytes | None) -> str:
 
 
 def wait_for_identity(out_dir: Path, timeout: float = 30.0) -> None:
-    """Wait until the agent has written a certificate and key to ``out_dir``."""
+    """Wait until ``out_dir`` has a key and a certificate that is valid now.
+
+    A certificate left by an earlier run may have expired, so its presence
+    alone does not count: the agent replaces it when it starts.
+    """
     deadline = time.monotonic() + timeout
-    while not ((out_dir / CERT_FILE).exists() and (out_dir / KEY_FILE).exists()):
+    while not _valid_identity(out_dir):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no certificate appeared in {out_dir} within {timeout:.0f} s")
+            raise TimeoutError(f"no valid certificate appeared in {out_dir} within "
+                               f"{timeout:.0f} s")
         time.sleep(0.2)
+
+
+def _valid_identity(out_dir: Path) -> bool:
+    try:
+        if not (out_dir / KEY_FILE).exists():
+            return False
+        leaf = x509.load_pem_x509_certificate((out_dir / CERT_FILE).read_bytes())
+    except (FileNotFoundError, ValueError):
+        # Missing, or caught while the agent writes it.
+        return False
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc
 
 
 def read_bootstrap_fd() -> bytes | None:
