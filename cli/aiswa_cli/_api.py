@@ -61,7 +61,15 @@ class Client:
             data = json.loads(self.token_file.read_text())
         except FileNotFoundError:
             raise ApiError(f"not logged in (no token in {self.token_file}); run `aiswa login`") from None
-        if data.get("expires_at", 0) < time.time() + 5:
+        except (OSError, ValueError) as exc:
+            # ValueError: not JSON, or not UTF-8.
+            raise ApiError(f"cannot read the saved token in {self.token_file} ({exc}); run "
+                           "`aiswa login` to replace it") from None
+        if (not isinstance(data, dict) or not isinstance(data.get("access_token"), str)
+                or not isinstance(data.get("expires_at"), int | float)):
+            raise ApiError(f"{self.token_file} is not a token that `aiswa login` saved (it needs "
+                           "access_token and expires_at); run `aiswa login` to replace it")
+        if data["expires_at"] < time.time() + 5:
             raise ApiError("the saved token has expired; run `aiswa login` again")
         return data["access_token"]
 
@@ -79,6 +87,10 @@ class Client:
             message = reply.json().get("message", reply.text)
         except (ValueError, AttributeError):  # not JSON, or JSON that is not an object
             message = reply.text
+        if reply.status_code == 401 and not auth:
+            # Only the login sends no token, so its API key was rejected.
+            raise ApiError(f"the API key was rejected ({message.strip() or 401}); check it, "
+                           "or ask an admin for a new one")
         if reply.status_code == 401:
             raise ApiError(f"{method} {path} was rejected as unauthenticated "
                            f"({message.strip() or 401}); run `aiswa login`")
@@ -88,10 +100,14 @@ class Client:
         reply = self.request("POST", "/v1/auth/token", body={"api_key": api_key}, auth=False)
         token = {"access_token": reply["access_token"],
                  "expires_at": time.time() + int(reply["expires_in"])}
-        self.token_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as stream:
-            json.dump(token, stream)
+        try:
+            self.token_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as stream:
+                json.dump(token, stream)
+        except OSError as exc:
+            raise ApiError(f"cannot save the token to {self.token_file} ({exc}); pass "
+                           "--token-file with a file that you may write") from None
         return reply
 
     def find_or_create_project(self, name: str) -> dict[str, Any]:

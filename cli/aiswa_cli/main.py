@@ -98,7 +98,11 @@ def _wait_roadmap(client: Client, project_id: str, run_id: str, timeout: float) 
 def cmd_login(client: Client, args: argparse.Namespace) -> None:
     api_key = args.api_key or os.environ.get("AISWA_API_KEY", "")
     if args.api_key_file:
-        api_key = Path(args.api_key_file).read_text().strip()
+        try:
+            api_key = Path(args.api_key_file).read_text().strip()
+        except (OSError, ValueError) as exc:
+            raise ApiError(f"cannot read the API key from {args.api_key_file} ({exc}); the first "
+                           "admin's key is in .state/secrets/admin-api-key") from None
     if not api_key:
         raise ApiError("no API key: pass --api-key-file FILE, --api-key KEY or set AISWA_API_KEY")
     reply = client.login(api_key)
@@ -154,16 +158,15 @@ def cmd_status(client: Client, args: argparse.Namespace) -> None:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="aiswa", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    top.add_argument("--api-url", default=os.environ.get("AISWA_API_URL", DEFAULT_URL),
-                     help="gateway base URL (default %(default)s)")
-    top.add_argument("--ca-cert", default=default_ca_cert(),
-                     help="CA certificate that signed the gateway's certificate")
-    top.add_argument("--token-file", type=Path, default=default_token_file(),
-                     help="where `login` saves the access token (default %(default)s)")
+    _global_options(top, {"api_url": os.environ.get("AISWA_API_URL", DEFAULT_URL),
+                          "ca_cert": default_ca_cert(), "token_file": default_token_file()})
+    # The same options after the command. Their default is to leave the value above alone.
+    anywhere = argparse.ArgumentParser(add_help=False)
+    _global_options(anywhere, None)
     sub = top.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        command = sub.add_parser(name, help=help_text)
+        command = sub.add_parser(name, help=help_text, parents=[anywhere])
         command.add_argument("--json", action="store_true",
                              help="print JSON (schema in docs/cli.md) instead of text")
         return command
@@ -195,6 +198,22 @@ def parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, add_help=False)
         command.add_argument("arguments", nargs=argparse.REMAINDER)
     return top
+
+
+def _global_options(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None) -> None:
+    """Add --api-url, --ca-cert and --token-file, with ``defaults`` or, if None, none at all."""
+
+    def default(name: str) -> Any:
+        return argparse.SUPPRESS if defaults is None else defaults[name]
+
+    # argparse has no value for %(default)s when the default is SUPPRESS.
+    shown = "" if defaults is None else " (default %(default)s)"
+    parser.add_argument("--api-url", default=default("api_url"),
+                        help="gateway base URL" + shown)
+    parser.add_argument("--ca-cert", default=default("ca_cert"),
+                        help="CA certificate that signed the gateway's certificate")
+    parser.add_argument("--token-file", type=Path, default=default("token_file"),
+                        help="where `login` saves the access token" + shown)
 
 
 PLATFORM_COMMANDS = {

@@ -62,6 +62,16 @@ def test_cli_names_token_failure(tmp_path, gateway_url, ca_cert):
     assert '"code"' not in str(failure.value)
 
 
+def test_cli_login_names_rejected_key(tmp_path, gateway_url, ca_cert):
+    client = Client(gateway_url, ca_cert, tmp_path / "token.json")
+    with pytest.raises(ApiError) as failure:
+        client.login("not-a-key")
+    assert str(failure.value).startswith("the API key was rejected (")
+    assert "malformed" in str(failure.value)
+    assert "run `aiswa login`" not in str(failure.value)
+    assert not (tmp_path / "token.json").exists()
+
+
 def test_tampered_token_rejected(http, real_key, admin):
     me = admin.request("GET", "/v1/users/me")
     token = real_key.issue(subject=me["user_id"], email="", role="viewer", ttl_seconds=60)

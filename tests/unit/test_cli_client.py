@@ -96,3 +96,48 @@ def test_progress_waits_for_file_count(capsys):
     assert run["state"] == "RUN_STATE_COMPLETED"
     assert progress == ["running    counting files", "running    1/3 files",
                         "completed  3/3 files"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("", "cannot read the saved token in"),
+    ("not json", "cannot read the saved token in"),
+    ("{}", "is not a token that `aiswa login` saved"),
+    ('{"token": "x"}', "is not a token that `aiswa login` saved"),
+    ('["a"]', "is not a token that `aiswa login` saved"),
+])
+def test_bad_token_file_is_named(tmp_path, capsys, content, expected):
+    token_file = tmp_path / "token.json"
+    token_file.write_text(content)
+    code = main(["--token-file", str(token_file), "status", "r-1"])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert expected in error
+    assert str(token_file) in error
+    assert error.rstrip().endswith("run `aiswa login` to replace it")
+
+
+def test_token_file_folder_is_named(tmp_path, capsys):
+    code = main(["--token-file", str(tmp_path), "status", "r-1"])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert f"cannot read the saved token in {tmp_path} ([Errno 21] Is a directory" in error
+
+
+def test_missing_api_key_file_is_named(tmp_path, capsys):
+    missing = tmp_path / "no-key"
+    code = main(["--token-file", str(tmp_path / "t.json"), "login", "--api-key-file", str(missing)])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert f"cannot read the API key from {missing}" in error
+    assert ".state/secrets/admin-api-key" in error
+
+
+def test_global_options_after_command():
+    args = parser().parse_args(["status", "r-1", "--token-file", "/tmp/t.json",
+                                "--api-url", "https://127.0.0.1:9"])
+    assert str(args.token_file) == "/tmp/t.json"
+    assert args.api_url == "https://127.0.0.1:9"
+    # Before the command they still work, and the defaults stay when neither is given.
+    before = parser().parse_args(["--token-file", "/tmp/u.json", "status", "r-1"])
+    assert str(before.token_file) == "/tmp/u.json"
+    assert parser().parse_args(["status", "r-1"]).api_url.startswith("https://")
