@@ -68,12 +68,14 @@ def render_gateway_config(
     tls: GatewayTls,
     access_log: Path,
     service_hosts: dict[str, Address] | None = None,
+    admin: Address | None = None,
 ) -> dict:
     """Build the gateway's Envoy bootstrap as a dict, ready to dump as YAML.
 
     ``service_hosts`` maps workload names to the (host, port) or UNIX socket
     that the gateway sends their calls to. Workloads missing from it use 127.0.0.1 and their
-    topology port. Raises ``ValueError`` when a method named in the topology's
+    topology port. ``admin`` is where Envoy's admin interface listens, by
+    default 127.0.0.1 and the topology's ``admin_port``. Raises ``ValueError`` when a method named in the topology's
     ``public_methods`` or ``internal_methods`` is not in the descriptor set.
     """
     gateway = topology["gateway"]
@@ -89,7 +91,7 @@ def render_gateway_config(
     return {
         "node": {"id": "aiswa-gateway", "cluster": "aiswa-gateway"},
         "admin": {
-            "address": _socket_address("127.0.0.1", int(gateway["admin_port"])),
+            "address": _envoy_address(admin or ("127.0.0.1", int(gateway["admin_port"]))),
         },
         # Envoy 1.40 warns at start without a limit on downstream connections,
         # and an edge proxy without one can run out of file descriptors. The
@@ -125,7 +127,8 @@ def write_gateway_config(
     descriptor_set: Path,
     tls: GatewayTls,
     access_log: Path,
-    service_hosts: dict[str, tuple[str, int]] | None = None,
+    service_hosts: dict[str, Address] | None = None,
+    admin: Address | None = None,
 ) -> Path:
     """Render the gateway bootstrap, write it to ``path`` as YAML and return ``path``."""
     config = render_gateway_config(
@@ -134,6 +137,7 @@ def write_gateway_config(
         tls=tls,
         access_log=access_log,
         service_hosts=service_hosts,
+        admin=admin,
     )
     # A newline in an argument would end the YAML comment early.
     command = shlex.join([sys.executable, *sys.argv]).replace("\n", " ")
@@ -269,7 +273,8 @@ def _https_listener(
         },
         "access_log": [_access_log(access_log)],
         **_tracing(topology),
-        "local_reply_config": _local_reply_config(max_request_bytes),
+        "local_reply_config": _local_reply_config(
+            {**topology["gateway"]["rate_limit"], "max_request_bytes": max_request_bytes}),
         "route_config": _route_config(workloads),
         "http_filters": [
             _local_ratelimit_filter(topology["gateway"]["rate_limit"]),
@@ -323,20 +328,23 @@ _LOCAL_REPLY_CODES: dict[int, tuple[int, str]] = {
     400: (3, ""),
     401: (16, "Get a token with POST /v1/auth/token and send it as 'Authorization: Bearer TOKEN'."),
     413: (8, "Send a request body of at most {max_request_bytes} bytes."),
-    429: (8, "Wait for the seconds in x-ratelimit-reset and retry."),
+    # x-ratelimit-reset read 0 in a trial with the 1 s fill interval, so the advice does not use it.
+    429: (8, "The gateway takes {tokens_per_fill} requests per {fill_interval_seconds} s after a "
+             "burst of {max_tokens}. Wait {fill_interval_seconds} s and retry."),
     503: (14, "The service behind this path is unavailable. Retry later."),
     504: (4, "The service did not reply within the route's timeout. Retry later."),
 }
 
 
-def _local_reply_config(max_request_bytes: int) -> dict:
+def _local_reply_config(limits: dict[str, Any]) -> dict:
     """Turn jwt_authn's 403 for a token of another audience into 401, and format errors as JSON.
 
     Envoy's jwt_authn returns 403 for that one failure and 401 for all others
     (source/extensions/filters/http/jwt_authn/filter.cc). A token meant for
     another API is an invalid token here (RFC 6750, section 3.1), so clients
     get 401 and know to fetch a new token. The first mapper that matches a
-    reply applies, so the audience mappers come first.
+    reply applies, so the audience mappers come first. ``limits`` fills in
+    the advice of _LOCAL_REPLY_CODES.
     """
     # Only jwt_authn writes this metadata, so backend 403s keep their status.
     wrong_audience = [
@@ -351,7 +359,7 @@ def _local_reply_config(max_request_bytes: int) -> dict:
     mappers: list[dict[str, Any]] = [
         {"filter": {"and_filter": {"filters": [*wrong_audience, rest]}},
          "status_code": 401,
-         "body_format_override": _json_reply(401, max_request_bytes)},
+         "body_format_override": _json_reply(401, limits)},
         {"filter": {"and_filter": {"filters": wrong_audience}}, "status_code": 401},
     ]
     for status in _LOCAL_REPLY_CODES:
@@ -360,7 +368,7 @@ def _local_reply_config(max_request_bytes: int) -> dict:
                 {"status_code_filter": _status_is(status, f"aiswa_gateway.local_reply_{status}")},
                 rest,
             ]}},
-            "body_format_override": _json_reply(status, max_request_bytes),
+            "body_format_override": _json_reply(status, limits),
         })
     return {"mappers": mappers}
 
@@ -385,11 +393,11 @@ def _rest_request_filter() -> dict:
     ]}}
 
 
-def _json_reply(status: int, max_request_bytes: int) -> dict:
+def _json_reply(status: int, limits: dict[str, Any]) -> dict:
     code, advice = _LOCAL_REPLY_CODES[status]
     message = "%LOCAL_REPLY_BODY%"
     if advice:
-        message += ". " + advice.format(max_request_bytes=max_request_bytes)
+        message += ". " + advice.format(**limits)
     return {"json_format": {"code": code, "message": message},
             "content_type": "application/json"}
 

@@ -208,7 +208,15 @@ class Platform:
             descriptor_set=self.layout.root / "gen" / "aiswa.pb",
             tls=tls,
             access_log=self.layout.logs / "gateway-access.log",
+            # A socket only its owner may use: the admin interface can stop Envoy or dump
+            # its configuration, and on a TCP port any local user could.
+            admin=self.gateway_admin,
         )
+
+    @property
+    def gateway_admin(self) -> Path:
+        """The UNIX socket (mode 0600) of the gateway's Envoy admin interface."""
+        return self.layout.run / "gateway-admin.sock"
 
     def render(self) -> list[Path]:
         """Write the configuration of every program from the topology; return the paths.
@@ -367,9 +375,9 @@ class Platform:
             print(result.stdout.strip())
 
     def _wait_gateway(self, timeout: float = 30.0) -> None:
-        admin = self.topology["gateway"]["admin_port"]
-        with httpx.Client(base_url=f"http://127.0.0.1:{admin}", timeout=2, trust_env=False) as client:
-            _wait_envoy_ready(client, "the gateway", f"127.0.0.1:{admin}", timeout,
+        transport = httpx.HTTPTransport(uds=str(self.gateway_admin))
+        with httpx.Client(transport=transport, base_url="http://admin", timeout=2) as client:
+            _wait_envoy_ready(client, "the gateway", str(self.gateway_admin), timeout,
                               f"see {self.layout.logs / 'gateway.log'}")
 
     def _start(self, name: str, wait_ready=None) -> None:  # type: ignore[no-untyped-def]

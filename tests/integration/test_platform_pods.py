@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 
+import httpx
 import pytest
 
 from aiswa_mesh._mesh import Mesh
@@ -104,9 +105,10 @@ def test_pods_have_no_route_off_the_bridge(mesh):
         assert [route["dst"] for route in routes] == [str(network.network)], routes
 
 
-def test_host_facing_sockets_are_private(layout, mesh):
+def test_host_facing_sockets_are_private(layout, mesh, topology):
     sockets = [mesh.admin_address(workload) for workload in ["gateway", *mesh.workloads]]
     sockets += [mesh.gateway_outbound(upstream) for upstream in mesh.upstreams("gateway")]
+    sockets.append(layout.run / "gateway-admin.sock")
     for path in sockets:
         mode = os.stat(path).st_mode
         assert stat.S_ISSOCK(mode), path
@@ -117,6 +119,12 @@ def test_host_facing_sockets_are_private(layout, mesh):
     assert inside.stdout.strip() == "ConnectionRefusedError"
     with mesh.admin_client("projects") as admin:
         assert admin.get("/ready").text.strip() == "LIVE"
+    # Nor does the edge Envoy's, on the host.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", topology["gateway"]["admin_port"]), timeout=2)
+    edge = httpx.HTTPTransport(uds=str(layout.run / "gateway-admin.sock"))
+    with httpx.Client(transport=edge, base_url="http://admin", timeout=5) as admin:
+        assert admin.get("/ready").text.strip() == "LIVE"
 
 
 def test_host_servers_listen_on_loopback_or_bridge(mesh, topology):
@@ -125,7 +133,7 @@ def test_host_servers_listen_on_loopback_or_bridge(mesh, topology):
     ports = {infra["postgres"]["port"], rabbit["amqp_port"], rabbit["dist_port"],
              rabbit["epmd_port"], rabbit["management_port"], infra["collector"]["port"],
              topology["mesh"]["openbao_port"], topology["mesh"]["openbao_port"] + 1,
-             topology["gateway"]["https_port"], topology["gateway"]["admin_port"]}
+             topology["gateway"]["https_port"]}
     listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True,
                                check=True).stdout.splitlines()
     allowed = {"127.0.0.1", "[::1]", mesh.network.host_address}
