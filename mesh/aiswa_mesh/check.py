@@ -1,13 +1,16 @@
 """`aiswa check`: verify that the running local mesh is healthy and safe.
 
 Each check prints one line starting with PASS, WARN or FAIL; the exit status
-is 1 when any check failed. Run it after `make up`.
+is 1 when any check failed. Run it after `make up`. With --json it prints one
+JSON object instead: {"success": bool, "failures": int, "checks": [{"status",
+"message"}]}.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import socket
 import sys
 from pathlib import Path
@@ -31,13 +34,28 @@ MIN_LIFETIME_LEFT = 0.25
 
 
 class Report:
-    def __init__(self) -> None:
+    """The results of the checks, printed as lines at once or kept for one JSON object."""
+
+    def __init__(self, as_json: bool = False) -> None:
         self.failures = 0
+        self.as_json = as_json
+        self.checks: list[dict[str, str]] = []
 
     def line(self, status: str, message: str) -> None:
         if status == "FAIL":
             self.failures += 1
-        print(f"{status:<4}  {message}")
+        self.checks.append({"status": status, "message": message})
+        if not self.as_json:
+            print(f"{status:<4}  {message}")
+
+    def finish(self) -> int:
+        """Print the summary, or the JSON object, and return the exit status."""
+        if self.as_json:
+            print(json.dumps({"success": self.failures == 0, "failures": self.failures,
+                              "checks": self.checks}, indent=2))
+        else:
+            print(f"\n{self.failures} check(s) failed" if self.failures else "\nall checks passed")
+        return 1 if self.failures else 0
 
 
 def _certificate_problems(certs_dir: Path, workload: str, namespace: str,
@@ -137,21 +155,21 @@ def _check_isolation(mesh: Mesh, report: Report) -> None:
                    f" ({network.host_address}:{port}, open on the host, was refused)"))
 
 
-def run(min_hours: float | None) -> int:
+def run(min_hours: float | None, as_json: bool = False) -> int:
     layout = default_layout()
     topology = load_topology(str(ROOT / "mesh" / "topology.yaml"))
-    report = Report()
+    report = Report(as_json)
     supervisor = Supervisor(layout)
     if not supervisor.running():
         report.line("FAIL", "the platform is not running; start it with `make up`")
-        return 1
+        return report.finish()
     status = supervisor.status_text().splitlines()
     for row in status:
         name, state = row.split()[:2]
         report.line("PASS" if state == "RUNNING" else "FAIL", f"program {name} is {state}")
     if not any(row.startswith("opa-") for row in status):
         report.line("FAIL", "no OPA program is configured; render again with `make up`")
-        return 1
+        return report.finish()
     problems = verify(layout, topology)
     for problem in problems:
         report.line("FAIL", f"rendered configuration: {problem}")
@@ -192,8 +210,7 @@ def run(min_hours: float | None) -> int:
                 f"policy expectation covers every RPC method ({len(methods)})"
                 + (f"; missing: {missing}" if missing else ""))
     _check_isolation(mesh, report)
-    print(f"\n{report.failures} check(s) failed" if report.failures else "\nall checks passed")
-    return 1 if report.failures else 0
+    return report.finish()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-hours", type=float, default=None,
                         help="fail a certificate with less lifetime left, in hours (default: "
                              f"less than {MIN_LIFETIME_LEFT:.0%}% of its lifetime left)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object with every check instead of lines")
     args = parser.parse_args(argv)
-    return run(args.min_hours)
+    return run(args.min_hours, args.json)
 
 
 if __name__ == "__main__":

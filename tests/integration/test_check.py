@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import re
 import socket
 import subprocess
@@ -36,6 +37,33 @@ def test_check_passes_on_healthy_mesh(layout):
                     "from the host and from the gateway pod)") in result.stdout
     else:
         assert "WARN  no pods: app ports listen on the host's loopback" in result.stdout
+
+
+def test_check_json_lists_every_check(layout):
+    lines = _check()
+    result = _check("--json")
+    assert result.returncode == 0, result.stdout
+    report = json.loads(result.stdout)
+    assert report["success"] is True
+    assert report["failures"] == 0
+    # The same checks as the text output, in the same order. Numbers such as
+    # the seconds a lease has left change between the two runs.
+    expected = [re.sub(r"\d+", "N", line) for line in lines.stdout.splitlines()
+                if line.startswith(("PASS", "WARN", "FAIL"))]
+    assert [re.sub(r"\d+", "N", f"{check['status']:<4}  {check['message']}")
+            for check in report["checks"]] == expected
+    assert {"status": "PASS", "message": "program gateway is RUNNING"} in report["checks"]
+
+
+def test_check_json_reports_failures(layout):
+    result = _check("--json", "--min-hours", "48")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    workloads = load_topology(str(ROOT / "mesh" / "topology.yaml"))["workloads"]
+    failed = [check for check in report["checks"] if check["status"] == "FAIL"]
+    assert report["success"] is False
+    assert report["failures"] == len(failed) == 1 + len(workloads)
+    assert all(check["message"].startswith("certificate of") for check in failed)
 
 
 def _listen(host: str, port: int, timeout: float = 70.0) -> socket.socket:
