@@ -131,11 +131,11 @@ class Supervisor:
         alive for ``startsecs``. Without, return as soon as it is spawned, for
         callers that check its readiness themselves.
         """
-        rpc = self._rpc()
         try:
-            if rpc.supervisor.getProcessInfo(name)["statename"] == "RUNNING":
-                return
-            rpc.supervisor.startProcess(name, wait)
+            with self._rpc() as rpc:
+                if rpc.supervisor.getProcessInfo(name)["statename"] == "RUNNING":
+                    return
+                rpc.supervisor.startProcess(name, wait)
         except xmlrpc.client.Fault as fault:
             if fault.faultCode == Faults.ALREADY_STARTED:
                 return

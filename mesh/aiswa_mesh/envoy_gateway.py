@@ -75,8 +75,9 @@ def render_gateway_config(
     ``service_hosts`` maps workload names to the (host, port) or UNIX socket
     that the gateway sends their calls to. Workloads missing from it use 127.0.0.1 and their
     topology port. ``admin`` is where Envoy's admin interface listens, by
-    default 127.0.0.1 and the topology's ``admin_port``. Raises ``ValueError`` when a method named in the topology's
-    ``public_methods`` or ``internal_methods`` is not in the descriptor set.
+    default 127.0.0.1 and the topology's ``admin_port``. Raises ``ValueError``
+    when a method named in the topology's ``public_methods`` or
+    ``internal_methods`` is not in the descriptor set.
     """
     gateway = topology["gateway"]
     workloads: dict[str, dict[str, Any]] = topology["workloads"]
