@@ -157,10 +157,11 @@ def render_sidecar_config(
     clusters = []
     if inbound is not None and app is not None:
         clients = topology["workloads"][workload].get("clients", [])
-        listeners.append(_inbound_listener(namespace, clients, inbound, sds_dir, access_log))
+        listeners.append(_inbound_listener(workload, namespace, clients, inbound, sds_dir,
+                                           access_log))
         clusters.append(_app_cluster(*app))
     for name, upstream in routes.items():
-        listeners.append(_outbound_listener(name, upstream.local_port, access_log))
+        listeners.append(_outbound_listener(workload, name, upstream.local_port, access_log))
         clusters.append(_outbound_cluster(namespace, name, upstream, sds_dir))
 
     return {
@@ -456,6 +457,7 @@ def _check_upstreams(
 
 
 def _inbound_listener(
+    workload: str,
     namespace: str,
     clients: list[str],
     inbound: tuple[str, int],
@@ -469,6 +471,7 @@ def _inbound_listener(
         # gRPC needs HTTP/2, and the TLS context offers only h2 in ALPN.
         "codec_type": "HTTP2",
         "access_log": [_request_log(access_log, INBOUND_LISTENER)],
+        "local_reply_config": _name_failing_hop(f"reported by the sidecar in front of {workload}"),
         "route_config": {
             "name": INBOUND_LISTENER,
             "virtual_hosts": [{
@@ -574,7 +577,8 @@ def _app_cluster(host: str, port: int) -> dict:
 # --- outbound -----------------------------------------------------------------------
 
 
-def _outbound_listener(upstream: str, local_port: int | Path, access_log: Path) -> dict:
+def _outbound_listener(workload: str, upstream: str, local_port: int | Path,
+                       access_log: Path) -> dict:
     name = f"outbound_{upstream}"
     return {
         "name": name,
@@ -591,6 +595,8 @@ def _outbound_listener(upstream: str, local_port: int | Path, access_log: Path) 
                     # The app's gRPC client speaks HTTP/2 without TLS (h2c).
                     "codec_type": "HTTP2",
                     "access_log": [_request_log(access_log, name)],
+                    "local_reply_config": _name_failing_hop(
+                        f"reported by the {workload} sidecar, calling {upstream}"),
                     "route_config": {
                         "name": name,
                         "virtual_hosts": [{
@@ -607,6 +613,22 @@ def _outbound_listener(upstream: str, local_port: int | Path, access_log: Path) 
             }],
         }],
     }
+
+
+def _name_failing_hop(where: str) -> dict:
+    """Return a local reply config that adds ``where`` to the sidecar's own 503 replies.
+
+    Envoy's text names no workload, and a call crosses two sidecars, so the
+    caller could not tell which hop failed. For a gRPC call the text becomes
+    grpc-message, and the gateway's transcoder passes it on to REST clients.
+    """
+    return {"mappers": [{
+        "filter": {"status_code_filter": {"comparison": {
+            "op": "EQ", "value": {"default_value": 503, "runtime_key": "aiswa_sidecar.local_503"},
+        }}},
+        "body_format_override": {"text_format_source": {
+            "inline_string": f"%LOCAL_REPLY_BODY% ({where})"}},
+    }]}
 
 
 def _outbound_cluster(namespace: str, upstream: str, address: Upstream, sds_dir: Path) -> dict:

@@ -495,6 +495,8 @@ async def test_outbound_rejects_wrong_server_identity(mesh: Mesh) -> None:
             await _call(channel)
 
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value
+    # The message names the hop that failed.
+    assert caught.value.details().endswith("(reported by the gateway sidecar, calling vision)")
     assert mesh.impostor_app.calls == []
     assert await _stat(mesh.gateway, "cluster.outbound_vision.ssl.fail_verify_san") > failures_before
 
@@ -708,3 +710,22 @@ def test_write_certs_keeps_two_generations(tmp_path: Path) -> None:
     assert not generations[0].exists()
     assert generations[1].exists()
     assert (generations[-1] / "key.pem").stat().st_mode & 0o777 == 0o600
+
+
+async def test_app_down_is_named_by_inbound(mesh: Mesh, tmp_path) -> None:
+    # A projects sidecar whose app port is closed, as when the service has stopped.
+    sidecar = await _start_sidecar(
+        tmp_path / "projects-without-app", mesh.topology, "projects", mesh.credentials["projects"],
+        mesh.root.cert_pem, inbound_port=free_port(), app_port=free_port(), upstreams={},
+    )
+    try:
+        channel = _mtls_channel(sidecar.inbound_port, identity_dns("projects", mesh.namespace),
+                                mesh.root.cert_pem, mesh.credentials["reflector"])
+        async with channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _call(channel)
+    finally:
+        _stop(sidecar.process)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value
+    assert caught.value.details().startswith("upstream connect error")
+    assert caught.value.details().endswith("(reported by the sidecar in front of projects)")
