@@ -37,13 +37,15 @@ class Report:
     """The results of the checks, printed as lines at once or kept for one JSON object."""
 
     def __init__(self, as_json: bool = False) -> None:
-        self.failures = 0
         self.as_json = as_json
         self.checks: list[dict[str, str]] = []
 
+    @property
+    def failures(self) -> int:
+        """The number of checks that failed."""
+        return sum(check["status"] == "FAIL" for check in self.checks)
+
     def line(self, status: str, message: str) -> None:
-        if status == "FAIL":
-            self.failures += 1
         self.checks.append({"status": status, "message": message})
         if not self.as_json:
             print(f"{status:<4}  {message}")

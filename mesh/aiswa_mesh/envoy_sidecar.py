@@ -46,6 +46,7 @@ from .envoy_gateway import (
     _envoy_address,
     _failure_limits,
     _socket_address,
+    _status_is,
     envoy_binary,
 )
 
@@ -623,9 +624,7 @@ def _name_failing_hop(where: str) -> dict:
     grpc-message, and the gateway's transcoder passes it on to REST clients.
     """
     return {"mappers": [{
-        "filter": {"status_code_filter": {"comparison": {
-            "op": "EQ", "value": {"default_value": 503, "runtime_key": "aiswa_sidecar.local_503"},
-        }}},
+        "filter": {"status_code_filter": _status_is(503, "aiswa_sidecar.local_503")},
         "body_format_override": {"text_format_source": {
             "inline_string": f"%LOCAL_REPLY_BODY% ({where})"}},
     }]}
