@@ -160,7 +160,8 @@ def parser() -> argparse.ArgumentParser:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     _global_options(top, {"api_url": os.environ.get("AISWA_API_URL", DEFAULT_URL),
                           "ca_cert": default_ca_cert(), "token_file": default_token_file()})
-    # The same options after the command. Their default is to leave the value above alone.
+    # The same options, accepted after the command. With no default there, a value given
+    # before the command stays unless the option is given again after it.
     anywhere = argparse.ArgumentParser(add_help=False)
     _global_options(anywhere, None)
     sub = top.add_subparsers(dest="command", required=True)
@@ -207,13 +208,13 @@ def _global_options(parser: argparse.ArgumentParser, defaults: dict[str, Any] | 
         return argparse.SUPPRESS if defaults is None else defaults[name]
 
     # argparse has no value for %(default)s when the default is SUPPRESS.
-    shown = "" if defaults is None else " (default %(default)s)"
+    default_note = "" if defaults is None else " (default %(default)s)"
     parser.add_argument("--api-url", default=default("api_url"),
-                        help="gateway base URL" + shown)
+                        help="gateway base URL" + default_note)
     parser.add_argument("--ca-cert", default=default("ca_cert"),
                         help="CA certificate that signed the gateway's certificate")
     parser.add_argument("--token-file", type=Path, default=default("token_file"),
-                        help="where `login` saves the access token" + shown)
+                        help="where `login` saves the access token" + default_note)
 
 
 PLATFORM_COMMANDS = {

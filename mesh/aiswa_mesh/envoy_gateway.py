@@ -329,7 +329,7 @@ _LOCAL_REPLY_CODES: dict[int, tuple[int, str]] = {
     400: (3, ""),
     401: (16, "Get a token with POST /v1/auth/token and send it as 'Authorization: Bearer TOKEN'."),
     413: (8, "Send a request body of at most {max_request_bytes} bytes."),
-    # x-ratelimit-reset read 0 in a trial with the 1 s fill interval, so the advice does not use it.
+    # Envoy sent x-ratelimit-reset: 0 with the 1 s fill interval, so the advice does not use it.
     429: (8, "The gateway takes {tokens_per_fill} requests per {fill_interval_seconds} s after a "
              "burst of {max_tokens}. Wait {fill_interval_seconds} s and retry."),
     503: (14, "The service behind this path is unavailable. Retry later."),

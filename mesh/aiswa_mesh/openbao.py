@@ -594,7 +594,7 @@ def _valid_identity(out_dir: Path) -> bool:
             return False
         leaf = x509.load_pem_x509_certificate((out_dir / CERT_FILE).read_bytes())
     except (FileNotFoundError, ValueError):
-        # Missing, or caught while the agent writes it.
+        # The file is missing, or the agent is still writing it.
         return False
     now = datetime.datetime.now(datetime.timezone.utc)
     return leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc

@@ -64,7 +64,7 @@ class PodsError(RuntimeError):
 
 
 class PodRangeInUse(PodsError):
-    """The pod range overlaps a route of the host."""
+    """A pod range that overlaps a route of the host."""
 
 
 class PodsUnavailable(PodsError):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import httpx
 import pytest
 
+from aiswa_cli._api import ApiError, Client
 from aiswa_cli.main import _print_roadmap, _wait, main, parser
 from aiswa_mesh.localca import CertificateAuthority
 
@@ -141,3 +143,18 @@ def test_global_options_after_command():
     before = parser().parse_args(["--token-file", "/tmp/u.json", "status", "r-1"])
     assert str(before.token_file) == "/tmp/u.json"
     assert parser().parse_args(["status", "r-1"]).api_url.startswith("https://")
+
+
+def test_unwritable_token_file_is_named(tmp_path):
+    # A stand-in for the gateway's token endpoint: the login succeeds, and saving the token fails.
+    def token_endpoint(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/auth/token"
+        return httpx.Response(200, json={"access_token": "t", "expires_in": 900})
+
+    client = Client("https://127.0.0.1:9", None, tmp_path)  # a folder, not a file
+    client._http = httpx.Client(base_url=client.base_url,
+                                transport=httpx.MockTransport(token_endpoint))
+    with pytest.raises(ApiError) as failure:
+        client.login("aiswa_k_key")
+    assert str(failure.value).startswith(f"cannot save the token to {tmp_path} (")
+    assert str(failure.value).endswith("pass --token-file with a file that you may write")
