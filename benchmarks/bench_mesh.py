@@ -16,6 +16,9 @@ fixed request rate:
 - opa-httpx: the same POST with httpx, the client the interceptor used before
   and the one a user of this runtime would first pick; the summary gives the
   ratio of the two.
+- opa-go-default: the aiohttp POST to a second OPA that runs with Go's default
+  GOMAXPROCS (the number of CPU cores) instead of the platform's GOMAXPROCS=1
+  (aiswa_mesh._mesh.OPA_ENVIRONMENT); the summary gives this ratio too.
 
 Sidecars and OPA run with the same commands as under `make up`
 (aiswa_mesh.envoy_sidecar.sidecar_command, aiswa_mesh._mesh.opa_command), with
@@ -48,7 +51,7 @@ import grpc
 import httpx
 import yaml
 
-from aiswa_mesh._mesh import opa_command
+from aiswa_mesh._mesh import OPA_ENVIRONMENT, opa_command
 from aiswa_mesh.envoy_sidecar import (
     envoy_binary,
     identity_dns,
@@ -148,6 +151,7 @@ class Bed:
         self.processes = Processes(folder)
         self.ports: dict[str, int] = {}
         self.opa_url = ""
+        self.opa_go_default_url = ""
 
     async def start(self) -> None:
         topology = yaml.safe_load((ROOT / "mesh" / "topology.yaml").read_text())
@@ -155,10 +159,17 @@ class Bed:
             workload["port"] = None
         ca = CertificateAuthority("aiswa bench mesh root")
 
-        opa_port = free_port()
+        opa_port, default_port = free_port(), free_port()
         self.opa_url = f"http://127.0.0.1:{opa_port}"
-        self.processes.start("opa", opa_command(str(OPA), ("127.0.0.1", opa_port)))
+        self.opa_go_default_url = f"http://127.0.0.1:{default_port}"
+        self.processes.start("opa", opa_command(str(OPA), ("127.0.0.1", opa_port)),
+                             env={**os.environ, **OPA_ENVIRONMENT})
+        go_default = {name: value for name, value in os.environ.items()
+                      if name not in OPA_ENVIRONMENT}
+        self.processes.start("opa-go-default", opa_command(str(OPA), ("127.0.0.1", default_port)),
+                             env=go_default)
         await _wait_http(f"{self.opa_url}/health", self.processes, "OPA")
+        await _wait_http(f"{self.opa_go_default_url}/health", self.processes, "OPA")
 
         plain_port, authz_port = free_port(), free_port()
         app = self.processes.start(
@@ -241,19 +252,23 @@ async def measure(bed: Bed, rate: float, count: int,
                   rounds: int) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
     """Return the latencies in ms and the errors of every path."""
     samples: dict[str, list[float]] = {path: [] for path in ("direct", "sidecars", "mesh", "opa",
-                                                             "opa-httpx")}
+                                                             "opa-httpx", "opa-go-default")}
     failures: dict[str, list[str]] = {path: [] for path in samples}
     channels = {path: grpc.aio.insecure_channel(f"127.0.0.1:{port}")
                 for path, port in bed.ports.items()}
     stubs = {path: channel.unary_unary(METHOD) for path, channel in channels.items()}
     decider = AuthorizationInterceptor("projects", bed.opa_url)
+    go_default_decider = AuthorizationInterceptor("projects", bed.opa_go_default_url)
     caller = identity_dns("reflector", NAMESPACE)
     metadata = ((CALLER_HEADER, caller),)
 
-    async def decide() -> None:
-        decision = await decider.decide(METHOD, caller, metadata, timeout=1.0)
-        if not decision.allow:
-            raise RuntimeError(f"OPA denied the benchmark call: {decision.reason}")
+    def decide_with(interceptor: AuthorizationInterceptor):
+        async def decide() -> None:
+            decision = await interceptor.decide(METHOD, caller, metadata, timeout=1.0)
+            if not decision.allow:
+                raise RuntimeError(f"OPA denied the benchmark call: {decision.reason}")
+
+        return decide
 
     alternative = httpx.AsyncClient(trust_env=False, timeout=1.0)
     document = {"input": {"caller": caller, "destination": "projects", "method": METHOD}}
@@ -265,7 +280,9 @@ async def measure(bed: Bed, rate: float, count: int,
 
     def caller_of(path: str):
         if path == "opa":
-            return decide
+            return decide_with(decider)
+        if path == "opa-go-default":
+            return decide_with(go_default_decider)
         if path == "opa-httpx":
             return decide_with_httpx
         return lambda: stubs[path](b"x" * 16, timeout=2.0)
@@ -283,6 +300,7 @@ async def measure(bed: Bed, rate: float, count: int,
         for channel in channels.values():
             await channel.close()
         await decider.aclose()
+        await go_default_decider.aclose()
         await alternative.aclose()
     return samples, failures
 
@@ -313,6 +331,11 @@ def _summary(samples: dict[str, list[float]], failures: dict[str, list[str]], ra
         "added_per_hop": added,
         # How much longer the same decision takes with httpx than with aiohttp.
         "opa_httpx_to_aiohttp_p50": figures["opa-httpx"]["p50_ms"] / figures["opa"]["p50_ms"],
+        # How much longer a decision takes from an OPA with Go's default GOMAXPROCS.
+        "opa_go_default_to_one_thread_p50": (figures["opa-go-default"]["p50_ms"]
+                                             / figures["opa"]["p50_ms"]),
+        "opa_go_default_to_one_thread_p99": (figures["opa-go-default"]["p99_ms"]
+                                             / figures["opa"]["p99_ms"]),
         "goal_added_per_hop": {"p50_ms": 0.8, "p99_ms": 1.2},
         "meets_goal": (added["mesh"]["p50_ms"] <= 0.8 and added["mesh"]["p99_ms"] <= 1.2
                        and figures["mesh"]["failed"] == 0),
@@ -325,15 +348,18 @@ def _summary(samples: dict[str, list[float]], failures: dict[str, list[str]], ra
 
 def _table(result: dict) -> str:
     rows = [f"mesh hop latency, {result['method']} at {result['rate_per_second']:.0f} calls/s",
-            f"{'path':<10} {'calls':>6} {'failed':>6} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8}"]
+            f"{'path':<14} {'calls':>6} {'failed':>6} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8}"]
     for path, figures in result["latency"].items():
         added = result["added_per_hop"].get(path)
         extra = (f"{added['p50_ms']:>8.3f} {added['p99_ms']:>8.3f}" if added
                  else f"{'':>8} {'':>8}")
-        rows.append(f"{path:<10} {figures['calls']:>6} {figures['failed']:>6} {figures['p50_ms']:>8.3f} "
+        rows.append(f"{path:<14} {figures['calls']:>6} {figures['failed']:>6} {figures['p50_ms']:>8.3f} "
                     f"{figures['p99_ms']:>8.3f} {extra}")
     rows.append(f"an OPA decision takes {result['opa_httpx_to_aiohttp_p50']:.2f}x as long (p50) "
                 "with httpx as with aiohttp")
+    rows.append(f"an OPA with Go's default GOMAXPROCS takes "
+                f"{result['opa_go_default_to_one_thread_p50']:.2f}x as long (p50) and "
+                f"{result['opa_go_default_to_one_thread_p99']:.2f}x (p99) as with GOMAXPROCS=1")
     goal = result["goal_added_per_hop"]
     rows.append(f"goal for mesh: at most +{goal['p50_ms']} ms p50 and +{goal['p99_ms']} ms p99 "
                 f"per hop; met: {'yes' if result['meets_goal'] else 'no'}")

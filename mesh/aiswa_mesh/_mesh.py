@@ -16,6 +16,12 @@ from .envoy_sidecar import sidecar_command, write_sidecar_config
 from .openbao import DEFAULT_BOUND_CIDRS, OpenBao, wait_for_identity
 
 
+# Environment of every workload's OPA. Go's default GOMAXPROCS is the number of CPU
+# cores. With 1, a decision takes less time on a machine that runs every workload
+# (bench_mesh.py measures both, see docs/benchmarks.md).
+OPA_ENVIRONMENT = {"GOMAXPROCS": "1"}
+
+
 def opa_command(opa_binary: str, address: tuple[str, int]) -> list[str]:
     """Return the command line of a workload's OPA, serving policies/rego/ at ``address``.
 
@@ -206,7 +212,7 @@ class Mesh:
         if workload != "gateway":
             programs.insert(0, Program(
                 f"opa-{workload}", in_pod(workload, opa_command(opa_binary, (LOOPBACK, ports.opa))),
-                27,
+                27, environment=OPA_ENVIRONMENT,
             ))
         return programs
 
