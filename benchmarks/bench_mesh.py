@@ -24,8 +24,11 @@ Sidecars and OPA run with the same commands as under `make up`
 (aiswa_mesh.envoy_sidecar.sidecar_command, aiswa_mesh._mesh.opa_command), with
 certificates from a throwaway CA (aiswa_mesh.localca) on free loopback ports.
 It needs no running platform. The paths take turns in short rounds, so that
-other load on the machine affects all of them alike. Run from the repository
-root after `make setup`:
+other load on the machine affects all of them alike. The three decision paths
+(opa, opa-httpx, opa-go-default) take turns call by call within their round,
+at the same total rate, because their differences are smaller than the drift
+of this machine's speed between rounds. Run from the repository root after
+`make setup`:
 
     .state/venv/bin/python benchmarks/bench_mesh.py
 
@@ -68,6 +71,9 @@ METHOD = "/aiswa.projects.v1.ProjectsService/GetProject"
 SERVICE, NAME = METHOD.strip("/").split("/")
 NAMESPACE = "aiswa"
 READY_LINE = "bench app ready"
+# Paths measured together take turns call by call, so that the machine's drift in
+# speed affects them alike. Groups take turns in rounds.
+GROUPS = (("direct",), ("sidecars",), ("mesh",), ("opa", "opa-httpx", "opa-go-default"))
 
 
 # --- the app, in its own process -------------------------------------------------
@@ -220,18 +226,20 @@ def _percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
-async def _paced(call, rate: float, count: int) -> tuple[list[float], list[BaseException]]:
-    """Start ``count`` calls at ``rate`` per second, on schedule.
+async def _paced(calls: list, rate: float,
+                 count: int) -> list[tuple[list[float], list[BaseException]]]:
+    """Start ``count`` calls of each of ``calls``, taking turns call by call, at ``rate`` per second.
 
-    Return the latency in ms of each call that succeeded, and the errors.
+    Return, for each of ``calls``, the latency in ms of each call that
+    succeeded, and the errors.
     """
-    latencies: list[float] = []
-    errors: list[BaseException] = []
+    results: list[tuple[list[float], list[BaseException]]] = [([], []) for _ in calls]
 
-    async def one() -> None:
+    async def one(position: int) -> None:
+        latencies, errors = results[position]
         started = time.perf_counter()
         try:
-            await call()
+            await calls[position]()
         except Exception as exc:  # noqa: BLE001 - counted and reported below
             errors.append(exc)
             return
@@ -239,20 +247,19 @@ async def _paced(call, rate: float, count: int) -> tuple[list[float], list[BaseE
 
     tasks = []
     begin = time.perf_counter()
-    for index in range(count):
+    for index in range(count * len(calls)):
         delay = begin + index / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one()))
+        tasks.append(asyncio.create_task(one(index % len(calls))))
     await asyncio.gather(*tasks)
-    return latencies, errors
+    return results
 
 
 async def measure(bed: Bed, rate: float, count: int,
                   rounds: int) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
     """Return the latencies in ms and the errors of every path."""
-    samples: dict[str, list[float]] = {path: [] for path in ("direct", "sidecars", "mesh", "opa",
-                                                             "opa-httpx", "opa-go-default")}
+    samples: dict[str, list[float]] = {path: [] for group in GROUPS for path in group}
     failures: dict[str, list[str]] = {path: [] for path in samples}
     channels = {path: grpc.aio.insecure_channel(f"127.0.0.1:{port}")
                 for path, port in bed.ports.items()}
@@ -289,13 +296,14 @@ async def measure(bed: Bed, rate: float, count: int,
 
     try:
         # Warm up: connections, TLS sessions and OPA's compiled query.
-        for path in samples:
-            await _paced(caller_of(path), rate, min(count, 200))
+        for group in GROUPS:
+            await _paced([caller_of(path) for path in group], rate, min(count, 200))
         for _ in range(rounds):
-            for path in samples:
-                latencies, errors = await _paced(caller_of(path), rate, count)
-                samples[path] += latencies
-                failures[path] += [repr(error) for error in errors]
+            for group in GROUPS:
+                results = await _paced([caller_of(path) for path in group], rate, count)
+                for path, (latencies, errors) in zip(group, results, strict=True):
+                    samples[path] += latencies
+                    failures[path] += [repr(error) for error in errors]
     finally:
         for channel in channels.values():
             await channel.close()
