@@ -164,7 +164,7 @@ default result := {"allow": false, "reason": "the input is not an object with ca
 
 result := {"allow": true, "reason": reason} if {
 	[who, why] := _permission
-	reason := sprintf("%s may call %s on %s: %s", [who, input.method, input.destination, why])
+	reason := sprintf("%s may call %s on %s: %s", [who, _method, _destination, why])
 } else := {"allow": false, "reason": reason} if {
 	reason := sprintf("%s may not call %v on %v: %s", [_caller_label, _method, _destination, _denial])
 }

@@ -46,6 +46,14 @@ test_health_check_without_caller_names_no_identity if {
 	startswith(decision.reason, "a caller without identity may call")
 }
 
+test_health_check_without_destination_allowed if {
+	decision := authz.result with input as {"caller": _identity("users"), "method": "/grpc.health.v1.Health/Check"}
+	decision == {
+		"allow": true,
+		"reason": "users.aiswa may call /grpc.health.v1.Health/Check on : health checks are open to every caller",
+	}
+}
+
 test_public_method_needs_no_claims if {
 	decision := authz.result with input as _call("gateway", "users", concat("", [_users, "/CreateToken"]))
 	decision == {
