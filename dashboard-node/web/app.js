@@ -85,9 +85,11 @@ function lineChart(canvas, yTitle) {
       parsing: false,
       normalized: true,
       elements: { point: { radius: 0 }, line: { borderWidth: 2, tension: 0.2 } },
+      // 'auto' draws an axis only once a dataset exists. An empty linear axis
+      // spans 0 to 1 ms, which the time labels would show as a time on 1 January 1970.
       scales: {
-        x: { type: 'linear', ticks: { maxTicksLimit: 6, callback: (value) => clock(new Date(value)) } },
-        y: { beginAtZero: true, title: { display: true, text: yTitle } },
+        x: { display: 'auto', type: 'linear', ticks: { maxTicksLimit: 6, callback: (value) => clock(new Date(value)) } },
+        y: { display: 'auto', beginAtZero: true, title: { display: true, text: yTitle } },
       },
       plugins: { legend: { position: 'bottom', labels: { boxWidth: 12 } } },
     },

@@ -7,7 +7,8 @@
 //   reach "completed" without a reload. The screenshot goes to
 //   .state/artifacts/dashboard-e2e.png, on success and on failure.
 // - against a private dashboard web server on a free loopback port: run events
-//   that arrive out of order must not move a completed run back on the page.
+//   that arrive out of order must not move a completed run back on the page,
+//   and a chart draws no axes until its first sample arrives.
 //
 //   node --test dashboard-node/test/e2e/browser.e2e.js      (from the repository root)
 //
@@ -396,4 +397,36 @@ test('page keeps completed run after late events', { timeout: 60_000 }, async (t
     assert.equal(row.progress, '100%', `progress of ${runId}`);
     assert.equal(row.files, '3/3', `files of ${runId}`);
   }
+});
+
+test('page draws chart axes only with data', { timeout: 60_000 }, async (t) => {
+  execFileSync(process.execPath, [path.join(dashboardDir, 'build.js')], { cwd: dashboardDir, stdio: 'ignore' });
+  const web = await startWeb({ window: 64, queue: 256 });
+  t.after(() => web.stop());
+  const browser = await launchBrowser();
+  t.after(() => browser.close());
+  const { page } = browser;
+  const queueChartDrawn = () => {
+    const canvas = document.getElementById('queue-chart');
+    const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    for (let alpha = 3; alpha < pixels.length; alpha += 4) if (pixels[alpha] !== 0) return true;
+    return false;
+  };
+
+  await openPage(page, `http://127.0.0.1:${web.port}/`);
+  assert.equal(await page.evaluate(queueChartDrawn), false, 'the empty queue chart draws axes');
+
+  web.hub.publish({
+    metric_type: 'queue_depth',
+    value: 4,
+    ts: Date.now() / 1000,
+    service: '',
+    labels: { queue: 'analysis.tasks', consumers: '1' },
+    run: null,
+    event: 'queue.depth',
+    key: 'queue:analysis.tasks',
+  });
+  await page.waitForFunction(queueChartDrawn, null, { timeout: 5_000 });
+  const row = await page.textContent('#queues tbody');
+  assert.match(row, /analysis\.tasks\s*4\s*1/);
 });
