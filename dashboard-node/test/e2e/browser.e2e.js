@@ -353,14 +353,18 @@ test('page shows a gateway run reach completed', { timeout: 90_000 }, async () =
   }
 });
 
-test('page keeps completed run after late events', { timeout: 60_000 }, async (t) => {
-  // The page must be built from the current web/ sources.
+/** Build the page from the current web/ sources, serve it from a private web server and open a browser. Test `t` stops both. */
+async function privatePage(t) {
   execFileSync(process.execPath, [path.join(dashboardDir, 'build.js')], { cwd: dashboardDir, stdio: 'ignore' });
   const web = await startWeb({ window: 64, queue: 256 });
   t.after(() => web.stop());
   const browser = await launchBrowser();
   t.after(() => browser.close());
-  const { page } = browser;
+  return { web, page: browser.page };
+}
+
+test('page keeps completed run after late events', { timeout: 60_000 }, async (t) => {
+  const { web, page } = await privatePage(t);
 
   // Publish a run's events in an order the dashboard can receive them in when
   // the reflector is faster than projects, so run.queued arrives last.
@@ -400,12 +404,7 @@ test('page keeps completed run after late events', { timeout: 60_000 }, async (t
 });
 
 test('page draws chart axes only with data', { timeout: 60_000 }, async (t) => {
-  execFileSync(process.execPath, [path.join(dashboardDir, 'build.js')], { cwd: dashboardDir, stdio: 'ignore' });
-  const web = await startWeb({ window: 64, queue: 256 });
-  t.after(() => web.stop());
-  const browser = await launchBrowser();
-  t.after(() => browser.close());
-  const { page } = browser;
+  const { web, page } = await privatePage(t);
   const queueChartDrawn = () => {
     const canvas = document.getElementById('queue-chart');
     const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
