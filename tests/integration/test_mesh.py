@@ -236,13 +236,14 @@ def _wait_until(condition, timeout: float) -> None:
 
 
 def test_opa_gomaxprocs_is_one(layout, mesh):
-    # With Go's default of one thread per core, a decision takes longer (docs/benchmarks.md).
+    # With Go's default GOMAXPROCS (the number of cores), a decision takes longer (docs/benchmarks.md).
     for workload in WORKLOADS:
         pid = supervisorctl(layout, "pid", f"opa-{workload}").strip()
         assert pid.isdigit(), f"opa-{workload} is not running: {pid!r}"
-        environment = (Path("/proc") / pid / "environ").read_bytes().split(b"\0")
+        process = Path("/proc") / pid
+        environment = (process / "environ").read_bytes().split(b"\0")
         assert b"GOMAXPROCS=1" in environment, f"opa-{workload} runs without GOMAXPROCS=1"
-        assert Path(f"/proc/{pid}/exe").resolve().name == "opa"
+        assert (process / "exe").resolve().name == "opa"
 
 
 def test_decisions_logged_per_workload(layout, mesh, identities):
