@@ -11,6 +11,7 @@ from ._network import LOOPBACK, Network
 from ._openbao_secrets import CredentialTtl, workload_secret_paths
 from ._state import ROOT, StateLayout
 from ._supervisor import Program
+from ._users import WorkloadUsers
 from .envoy_gateway import Address
 from .envoy_sidecar import sidecar_command, write_sidecar_config
 from .openbao import DEFAULT_BOUND_CIDRS, OpenBao, wait_for_identity
@@ -67,6 +68,7 @@ class Mesh:
         self.openbao = OpenBao(layout, int(settings["openbao_port"]),
                                listen_hosts=self.network.host_addresses)
         self.workloads = list(topology["workloads"])
+        self.users = WorkloadUsers(layout)
         # AISWA_CERT_TTL (an OpenBao duration such as 2m) overrides the
         # topology's lifetime, so that tests can watch certificates rotate.
         self.certificate_ttl = os.environ.get("AISWA_CERT_TTL") or str(settings["certificate_ttl"])
@@ -106,9 +108,12 @@ class Mesh:
         return self.network.address(workload), self.ports(workload).inbound
 
     def admin_address(self, workload: str) -> Address:
-        """Return ``workload``'s sidecar admin address: a UNIX socket with pods, else loopback."""
+        """Return ``workload``'s sidecar admin address: a UNIX socket with pods, else loopback.
+
+        The socket is in the workload's home, which only its user may enter.
+        """
         if self.network.enabled:
-            return self.network.socket_path(f"sidecar-{workload}-admin")
+            return self.users.home(workload) / "admin.sock"
         return LOOPBACK, self.ports(workload).admin
 
     def admin_client(self, workload: str, timeout: float = 2.0) -> httpx.Client:
@@ -124,14 +129,35 @@ class Mesh:
         """Return where the gateway's edge proxy reaches ``upstream`` through the gateway's sidecar.
 
         With pods the edge proxy runs on the host and the sidecar in the
-        gateway's pod, so the outbound listeners are UNIX sockets (mode 0600).
+        gateway's pod, so the outbound listeners are UNIX sockets (mode 0600)
+        in the gateway's home.
         """
         if self.network.enabled:
-            return self.network.socket_path(f"gateway-to-{upstream}")
+            return self.users.home("gateway") / f"to-{upstream}.sock"
         return LOOPBACK, self.outbound_port("gateway", upstream)
 
     def certs_dir(self, workload: str) -> Path:
         return self.layout.root / "identity" / workload
+
+    def sidecar_logs(self, workload: str) -> tuple[Path, Path]:
+        """Return the paths of ``workload``'s sidecar log and access log."""
+        return (self.layout.logs / f"sidecar-{workload}.envoy.log",
+                self.layout.logs / f"sidecar-{workload}-access.log")
+
+    def give_to_workloads(self, extra: dict[str, list[Path]]) -> None:
+        """Create the workload users and give each its certificates, sidecar logs and ``extra``.
+
+        Envoy opens its logs as the workload's user, in a folder that user
+        cannot write, so they are created here first.
+        """
+        owned = {}
+        for workload in ["gateway", *self.workloads]:
+            self.certs_dir(workload).mkdir(mode=0o700, parents=True, exist_ok=True)
+            logs = self.sidecar_logs(workload)
+            for log in logs:
+                log.touch(mode=0o640)
+            owned[workload] = [self.certs_dir(workload), *logs, *extra.get(workload, [])]
+        self.users.ensure(owned)
 
     def opa_url(self, workload: str) -> str:
         """Return the URL of ``workload``'s OPA, inside its pod."""
@@ -155,7 +181,7 @@ class Mesh:
                 },
                 certs_dir=self.certs_dir(workload),
                 admin=self.admin_address(workload),
-                access_log=self.layout.logs / f"sidecar-{workload}-access.log",
+                access_log=self.sidecar_logs(workload)[1],
             ))
         return written
 
@@ -177,11 +203,11 @@ class Mesh:
         for workload in ["gateway", *self.workloads]:
             programs.append(Program(
                 f"identity-{workload}",
-                self.delivered(python, workload,
-                               [python, "-m", "aiswa_mesh.openbao", "agent", "--state", root,
-                                "--port", port, "--workload", workload,
-                                "--out", str(self.certs_dir(workload)),
-                                "--ttl", self.certificate_ttl]),
+                self.delivered(python, workload, self.users.command(workload, [
+                    python, "-m", "aiswa_mesh.openbao", "agent", "--state", root,
+                    "--port", port, "--workload", workload,
+                    "--namespace", self.topology["namespace"],
+                    "--out", str(self.certs_dir(workload)), "--ttl", self.certificate_ttl])),
                 23, directory=ROOT,
             ))
         return programs
@@ -201,17 +227,18 @@ class Mesh:
     def workload_programs(self, workload: str, opa_binary: str) -> list[Program]:
         """Return the programs of the sidecar and OPA that start before ``workload``'s app."""
         ports = self.ports(workload)
-        in_pod = self.network.command
+        def in_pod(command: list[str]) -> list[str]:
+            return self.network.command(workload, self.users.command(workload, command))
+
         programs = [Program(
             f"sidecar-{workload}",
-            in_pod(workload, sidecar_command(
-                self.layout.envoy / f"sidecar-{workload}.yaml",
-                log_path=self.layout.logs / f"sidecar-{workload}.envoy.log")),
+            in_pod(sidecar_command(self.layout.envoy / f"sidecar-{workload}.yaml",
+                                   log_path=self.sidecar_logs(workload)[0])),
             28,
         )]
         if workload != "gateway":
             programs.insert(0, Program(
-                f"opa-{workload}", in_pod(workload, opa_command(opa_binary, (LOOPBACK, ports.opa))),
+                f"opa-{workload}", in_pod(opa_command(opa_binary, (LOOPBACK, ports.opa))),
                 27, environment=OPA_ENVIRONMENT,
             ))
         return programs

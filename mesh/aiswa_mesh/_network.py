@@ -28,7 +28,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 from ._state import ROOT, StateLayout
 from .pods import LOOPBACK_FALLBACK, PodNetwork, PodRangeInUse, PodsError, PodsUnavailable
@@ -162,7 +161,3 @@ class Network:
         if result.returncode != 0:
             raise PodsError(f"nft failed to load the table {table}: "
                             f"{(result.stderr or result.stdout).strip()}")
-
-    def socket_path(self, name: str) -> Path:
-        """Return a UNIX socket's path in the state folder, for a listener that the host uses."""
-        return self.layout.run / f"{name}.sock"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import pwd
 import socket
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from ._mesh import Mesh
 from ._network import LOOPBACK
 from ._state import ROOT, default_layout
 from ._supervisor import Supervisor
+from ._users import process_identity, workload_user
 from .envoy_sidecar import identity_dns, identity_uri
 from .probe import connect
 from .render import verify
@@ -157,6 +159,41 @@ def _check_isolation(mesh: Mesh, report: Report) -> None:
                    f" ({network.host_address}:{port}, open on the host, was refused)"))
 
 
+def _check_users(mesh: Mesh, supervisor: Supervisor, report: Report) -> None:
+    """Report whether each workload's processes run as its own user, without capabilities."""
+    users = mesh.users
+    if not users.enabled:
+        report.line("WARN", f"every workload runs as the launcher's user, because {users.reason}")
+        return
+    for workload in ["gateway", *mesh.workloads]:
+        user = workload_user(workload)
+        try:
+            uid = pwd.getpwnam(user).pw_uid
+        except KeyError:
+            report.line("FAIL", f"user {user} does not exist; run `make up` again")
+            continue
+        programs = [f"identity-{workload}", f"sidecar-{workload}"]
+        if workload != "gateway":
+            programs += [workload, f"opa-{workload}"]
+        problems = []
+        for program in programs:
+            pid = supervisor.ctl("pid", program).stdout.strip()
+            try:
+                uids, capabilities, no_new_privs = process_identity(int(pid))
+            except (ValueError, OSError):
+                problems.append(f"{program} is not running")
+                continue
+            if uids != {uid}:
+                problems.append(f"{program} runs as user id {sorted(uids)}")
+            if capabilities or not no_new_privs:
+                problems.append(f"{program} has capabilities {capabilities:#x} or may gain "
+                                "privileges (no_new_privs not set)")
+        report.line("FAIL" if problems else "PASS",
+                    f"{workload} runs as {user}" + (f", but {'; '.join(problems)}" if problems
+                                                    else f" without capabilities ({len(programs)} "
+                                                         "programs)"))
+
+
 def run(min_hours: float | None, as_json: bool = False) -> int:
     layout = default_layout()
     topology = load_topology(str(ROOT / "mesh" / "topology.yaml"))
@@ -212,6 +249,7 @@ def run(min_hours: float | None, as_json: bool = False) -> int:
                 f"policy expectation covers every RPC method ({len(methods)})"
                 + (f"; missing: {missing}" if missing else ""))
     _check_isolation(mesh, report)
+    _check_users(mesh, supervisor, report)
     return report.finish()
 
 

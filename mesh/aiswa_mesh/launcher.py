@@ -45,6 +45,7 @@ from .openbao import BOOTSTRAP_FD_VARIABLE
 from .pods import PodsConfigError
 from ._state import ROOT, StateLayout, default_layout, is_root
 from ._supervisor import Program, Supervisor, render_config
+from ._users import workload_home
 
 log = logging.getLogger("aiswa.launcher")
 
@@ -131,7 +132,7 @@ class Platform:
             env[f"AISWA_UPSTREAM_{upstream.upper()}"] = f"127.0.0.1:{port}"
         env["AISWA_OPA_URL"] = self.mesh.opa_url(name)
         if name == "users":
-            env["AISWA_USERS_SIGNING_KEY"] = str(layout.secrets / "users-signing-key.pem")
+            env["AISWA_USERS_SIGNING_KEY"] = str(self.signing_key)
         if name == "projects":
             env["AISWA_ARCHIVE_DIR"] = str(layout.archives)
         if name == "dashboard":
@@ -145,6 +146,11 @@ class Platform:
             # pods. The gRPC stream stays behind the sidecar and OPA.
             env["AISWA_DASHBOARD_WS_AUTHZ"] = "off"
         return env
+
+    @property
+    def signing_key(self) -> Path:
+        """The users service's token signing key, in its home."""
+        return workload_home(self.layout, "users") / "signing-key.pem"
 
     def programs(self) -> list[Program]:
         python = str(self.layout.venv_python)
@@ -166,7 +172,9 @@ class Platform:
             programs += self.mesh.workload_programs(name, opa)
         # deliver runs on the host, where it reaches OpenBao, and then
         # executes `ip netns exec <pod>`, which executes the app in its pod.
-        in_pod = self.network.command
+        def in_pod(name: str, command: list[str]) -> list[str]:
+            return self.network.command(name, self.mesh.users.command(name, command))
+
         for priority, name in enumerate(PYTHON_SERVICES, start=30):
             programs.append(Program(
                 name, self.mesh.delivered(
@@ -252,6 +260,7 @@ class Platform:
         for stale in [*layout.secrets.glob("postgres-*"), *layout.secrets.glob("rabbitmq-*")]:
             stale.unlink()
         self.render()
+        self._give_to_workloads()
         self.supervisor.start_daemon()
 
         self._start("postgres", self.postgres.wait_ready)
@@ -289,6 +298,21 @@ class Platform:
               f"\n  admin API key:            {layout.admin_key}"
               f"\n  logs:                     {layout.logs}/<program>.log  (`make logs`)"
               f"\n  stop with:                make down")
+
+    def _give_to_workloads(self) -> None:
+        users = self.mesh.users
+        # Before the workload homes, the key was in the secrets folder.
+        earlier = self.layout.secrets / "users-signing-key.pem"
+        users.home("users").mkdir(parents=True, exist_ok=True)
+        if earlier.exists() and not self.signing_key.exists():
+            earlier.rename(self.signing_key)
+        self.mesh.give_to_workloads({"projects": [self.layout.archives]})
+        if users.enabled:
+            print(f"launcher: each workload runs as its own user ({users.user_pattern}), "
+                  "without capabilities")
+        else:
+            print(f"launcher: WARNING: every workload runs as this launcher's user, because "
+                  f"{users.reason}")
 
     def _start_mesh_infrastructure(self, rabbitmq_admin: tuple[str, str]) -> None:
         mesh = self.mesh
@@ -342,17 +366,22 @@ class Platform:
                 self.rabbitmq.bound_queue(name, int(spec["max_length"]))
 
     def _one_shot(self, name: str, approle: str, database_role: str,
-                  args: list[str]) -> subprocess.CompletedProcess[str]:
+                  args: list[str], *, as_workload: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``python -m aiswa_<name> ARGS`` in the pod of ``name``, with its own single-use
-        login as ``approle``, which may log in only from that pod."""
+        login as ``approle``, which may log in only from that pod.
+
+        It runs as the workload's user unless ``as_workload`` is false.
+        """
+        command = [str(self.layout.venv_python), "-m", f"aiswa_{name}", *args]
+        if as_workload:
+            command = self.mesh.users.command(name, command)
         env = {**os.environ, **self.service_environment(name),
                "AISWA_DATABASE_CREDS": f"{DATABASE_MOUNT}/creds/{database_role}"}
         read_end = pipe_with(self.mesh.openbao.bootstrap_payload(approle))
         env[BOOTSTRAP_FD_VARIABLE] = str(read_end)
         try:
             return subprocess.run(
-                self.network.command(
-                    name, [str(self.layout.venv_python), "-m", f"aiswa_{name}", *args]),
+                self.network.command(name, command),
                 env=env, capture_output=True, text=True, check=False, cwd=ROOT,
                 pass_fds=(read_end,),
             )
@@ -367,8 +396,10 @@ class Platform:
             raise SystemExit(f"migrations of {name} failed:\n{result.stderr[-3000:]}")
 
     def _bootstrap_admin(self) -> None:
+        # As root: it writes the key file into the secrets folder.
         result = self._one_shot("users", "users", database_roles("users")[0],
-                                ["bootstrap-admin", "--key-file", str(self.layout.admin_key)])
+                                ["bootstrap-admin", "--key-file", str(self.layout.admin_key)],
+                                as_workload=False)
         if result.returncode != 0:
             raise SystemExit(f"creating the admin user failed:\n{result.stderr[-3000:]}")
         if result.stdout.strip():

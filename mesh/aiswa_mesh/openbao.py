@@ -163,8 +163,12 @@ class OpenBao:
 
     @property
     def ca_cert(self) -> Path:
-        """The CA certificate that clients use to verify OpenBao's listener."""
-        return self.tls_dir / "ca.pem"
+        """The CA certificate that clients use to verify OpenBao's listener.
+
+        A copy of ``tls/ca.pem`` outside the private folder, readable by
+        every user, because the workloads do not run as root (aiswa_mesh._users).
+        """
+        return self.root / "openbao-ca.pem"
 
     @property
     def mesh_path(self) -> Path:
@@ -201,6 +205,7 @@ class OpenBao:
         ensure_private_dir(self.folder)
         ensure_private_dir(self.data_dir)
         tls = ensure_listener_tls(self.tls_dir, self.listen_hosts)
+        write_file_atomically(self.ca_cert, tls.ca_cert.read_bytes(), 0o644)
         config = {
             "ui": False,
             "log_level": "info",

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from aiswa_cli._api import ApiError, Client
+from aiswa_mesh._users import workload_home
 from aiswa_users._tokens import SigningKey
 from conftest import STDLIB, pack_python, wait_run
 
@@ -26,7 +27,7 @@ def http(gateway_url, ca_cert):
 
 @pytest.fixture(scope="module")
 def real_key(layout) -> SigningKey:
-    return SigningKey.load_or_create(layout.secrets / "users-signing-key.pem")
+    return SigningKey.load_or_create(workload_home(layout, "users") / "signing-key.pem")
 
 
 def _me(http, token: str) -> httpx.Response:

@@ -8,6 +8,7 @@ loopback, to the bridge and to the pods' addresses.
 from __future__ import annotations
 
 import json
+import pwd
 import os
 import socket
 import stat
@@ -162,3 +163,72 @@ def test_pods_reach_no_other_host_port(mesh):
         from_pod = network.probe("vision", "connect", f"{network.host_address}:{port}",
                                  timeout=0)
     assert from_pod.stdout.strip() == "ConnectionRefusedError", from_pod
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = open(f"/proc/{pid}/status").read().splitlines()
+    return {key: value.strip() for key, value in (line.split(":", 1) for line in lines)}
+
+
+@pytest.fixture(scope="module")
+def users(mesh):
+    if not mesh.users.enabled:
+        pytest.skip(f"the workloads run as the launcher's user: {mesh.users.reason}")
+    return mesh.users
+
+
+def test_each_workload_runs_as_its_own_user_without_capabilities(layout, mesh, users):
+    seen = {}
+    for workload in ["gateway", *mesh.workloads]:
+        entry = pwd.getpwnam(f"aiswa-{workload}")
+        uid, gid = entry.pw_uid, entry.pw_gid
+        assert uid != 0 and gid != 0
+        programs = [f"identity-{workload}", f"sidecar-{workload}"]
+        if workload != "gateway":
+            programs += [workload, f"opa-{workload}"]
+        for program in programs:
+            status = _status(_pid(layout, program))
+            # Real, effective, saved and file system user and group ids.
+            assert status["Uid"].split() == [str(uid)] * 4, (program, status["Uid"])
+            assert status["Gid"].split() == [str(gid)] * 4, (program, status["Gid"])
+            # No supplementary groups, such as root's.
+            assert status["Groups"] == "", (program, status["Groups"])
+            assert int(status["CapEff"], 16) == 0, program
+            assert int(status["CapBnd"], 16) == 0, program
+            assert status["NoNewPrivs"] == "1", program
+        seen[workload] = uid
+    assert len(set(seen.values())) == len(seen), seen
+    # The shared servers and the edge proxy are not workloads.
+    assert _status(_pid(layout, "gateway"))["Uid"].split()[0] == "0"
+
+
+def _as_user(workload: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", f"aiswa-{workload}", "--", *command],
+                          capture_output=True, text=True, check=False)
+
+
+def test_a_workload_reads_only_its_own_keys(layout, mesh, users):
+    own = _as_user("users", "cat", str(mesh.certs_dir("users") / "key.pem"))
+    assert own.returncode == 0, own.stderr
+    assert own.stdout.startswith("-----BEGIN"), own.stdout[:40]
+    signing = _as_user("users", "cat", str(users.home("users") / "signing-key.pem"))
+    assert signing.returncode == 0 and "PRIVATE KEY" in signing.stdout, signing.stderr
+    # Another workload's mesh key and signing key, the launcher's secrets
+    # and OpenBao's private folder are out of reach.
+    for path in (mesh.certs_dir("projects") / "key.pem", users.home("users") / "signing-key.pem",
+                 layout.secrets / "openbao-root-token", layout.root / "openbao" / "tls"):
+        denied = _as_user("vision", "cat", str(path))
+        assert denied.returncode != 0, path
+        assert "Permission denied" in denied.stderr, (path, denied.stderr)
+    # OpenBao's CA certificate is public: every workload verifies OpenBao with it.
+    ca = _as_user("vision", "cat", str(mesh.openbao.ca_cert))
+    assert ca.returncode == 0 and ca.stdout.startswith("-----BEGIN CERTIFICATE"), ca.stderr
+    # A workload cannot stop another's process.
+    sidecar = _pid(layout, "sidecar-projects")
+    kill = _as_user("vision", "kill", "-0", str(sidecar))
+    assert kill.returncode != 0 and "Operation not permitted" in kill.stderr, kill.stderr
+    # Nor open another's file descriptors, such as the pipe of its OpenBao login.
+    fds = _as_user("vision", "ls", f"/proc/{_pid(layout, 'projects')}/fd")
+    assert fds.returncode != 0 and "Permission denied" in fds.stderr, fds.stderr
+    own = _as_user("vision", "ls", f"/proc/{_pid(layout, 'vision')}/fd")
+    assert own.returncode == 0 and "0" in own.stdout.split(), own.stderr

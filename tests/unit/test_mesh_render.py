@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from aiswa_mesh._state import ROOT, StateLayout
+from aiswa_mesh._state import ROOT, StateLayout, is_root
 from aiswa_mesh._supervisor import Supervisor
 from aiswa_mesh.envoy_sidecar import APP_CLUSTER, identity_dns, identity_uri
 from aiswa_mesh.launcher import Platform
@@ -175,7 +176,8 @@ def test_pods_put_listeners_on_pod_addresses_and_sockets(rendered_pods):
     assert _listener(projects, "inbound")["address"] == {
         "socket_address": {"address": "10.77.0.4", "port_value": 50152}}
     assert projects["admin"]["address"] == {
-        "pipe": {"path": str(layout.run / "sidecar-projects-admin.sock"), "mode": 0o600}}
+        "pipe": {"path": str(layout.root / "workloads" / "projects" / "admin.sock"),
+                 "mode": 0o600}}
     assert _cluster(projects, APP_CLUSTER)["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
         "endpoint"]["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 50052}}
     reflector = yaml.safe_load((layout.envoy / "sidecar-reflector.yaml").read_text())
@@ -186,7 +188,8 @@ def test_pods_put_listeners_on_pod_addresses_and_sockets(rendered_pods):
     gateway = yaml.safe_load((layout.envoy / "gateway.yaml").read_text())
     sidecar = yaml.safe_load((layout.envoy / "sidecar-gateway.yaml").read_text())
     for upstream in ("users", "projects", "reflector", "vision", "dashboard"):
-        socket = {"pipe": {"path": str(layout.run / f"gateway-to-{upstream}.sock"), "mode": 0o600}}
+        path = layout.root / "workloads" / "gateway" / f"to-{upstream}.sock"
+        socket = {"pipe": {"path": str(path), "mode": 0o600}}
         assert _listener(sidecar, f"outbound_{upstream}")["address"] == socket
         assert _cluster(gateway, upstream)["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
             "endpoint"]["address"] == socket
@@ -210,6 +213,46 @@ def test_pods_run_each_workload_in_its_namespace(rendered_pods):
     openbao = yaml.safe_load((layout.root / "openbao" / "config.json").read_text())
     assert [listener["tcp"]["address"] for listener in openbao["listener"]] == [
         "127.0.0.1:58200", "10.77.0.1:58200"]
+
+
+@pytest.fixture
+def open_state():
+    """A state folder that other users can enter, as the workload users must."""
+    if not is_root():
+        pytest.skip("workload users need root")
+    folder = Path(tempfile.mkdtemp(prefix="aiswa-render-", dir="/var/tmp"))
+    folder.chmod(0o755)
+    yield folder / "state"
+    shutil.rmtree(folder)
+
+
+def test_pods_run_each_workload_as_its_user(open_state):
+    layout = _render_pods(open_state)
+    for workload in ["gateway", *TOPOLOGY["workloads"]]:
+        as_user = (f"setpriv --reuid=aiswa-{workload} --regid=aiswa-{workload} --clear-groups "
+                   "--inh-caps=-all --bounding-set=-all --no-new-privs -- ")
+        programs = [f"sidecar-{workload}", f"identity-{workload}"]
+        if workload != "gateway":
+            programs += [workload, f"opa-{workload}"]
+        for program in programs:
+            command = _program_command(layout, program)
+            assert as_user in command, program
+            # setpriv comes last: `ip netns exec` needs root, and so does deliver,
+            # which reads the orchestrator token.
+            for earlier in ("aiswa_mesh.deliver", "netns exec"):
+                if earlier in command:
+                    assert command.index(earlier) < command.index("setpriv"), program
+    # Shared servers and the edge proxy keep their own users.
+    for program in ("postgres", "rabbitmq", "openbao", "gateway"):
+        assert "setpriv" not in _program_command(layout, program), program
+    assert verify(layout, TOPOLOGY) == []
+    conf = layout.supervisord_conf
+    conf.write_text(conf.read_text().replace(
+        "setpriv --reuid=aiswa-vision --regid=aiswa-vision --clear-groups --inh-caps=-all "
+        "--bounding-set=-all --no-new-privs -- /", "/", 1))
+    problems = verify(layout, TOPOLOGY)
+    assert len(problems) == 1, problems
+    assert "does not run as the user of vision" in problems[0]
 
 
 def test_loopback_render_has_no_pods(rendered):

@@ -1,0 +1,136 @@
+"""One operating-system user per workload, when the launcher runs as root.
+
+A network namespace separates network stacks, not privileges: a workload
+that runs as root in its pod can still read every key in the state folder,
+enter the other pods and stop any process. So each workload's app, sidecar,
+OPA and certificate agent run as the user ``aiswa-<workload>``, with no
+capabilities and ``no_new_privs`` set (``setpriv``, after ``ip netns exec``,
+which needs root). A workload owns only its certificate folder and its home
+under the state folder (sockets, keys). Everything else that it reads is
+readable by every local user. The launcher's secrets are not.
+
+The launcher keeps running everything as root, and says so, when it does not
+run as root itself, or when other users cannot enter the checkout or the
+state folder (a checkout under /root, for example), because the workloads
+could then not read their own code.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from ._state import ROOT, StateLayout, is_root
+
+USER_PREFIX = "aiswa-"
+
+
+def workload_user(workload: str) -> str:
+    """Return the name of ``workload``'s operating-system user."""
+    return USER_PREFIX + workload
+
+
+def workload_home(layout: StateLayout, workload: str) -> Path:
+    """Return the folder that only ``workload`` may use: its sockets and its keys."""
+    return layout.root / "workloads" / workload
+
+
+def process_identity(pid: int) -> tuple[set[int], int, bool]:
+    """Return a process's user ids, effective capabilities and no_new_privs flag.
+
+    The user ids are the real, effective, saved and file system ones, read from /proc.
+    """
+    fields = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return ({int(uid) for uid in fields["Uid"].split()}, int(fields["CapEff"], 16),
+            fields.get("NoNewPrivs", "0").strip() == "1")
+
+
+def others_can_enter(path: Path) -> bool:
+    """Return whether a user with no rights of its own can reach ``path`` through every folder."""
+    for folder in [path, *path.parents]:
+        try:
+            if not folder.stat().st_mode & stat.S_IXOTH:
+                return False
+        except FileNotFoundError:
+            # A folder the launcher creates later gets mode 0755.
+            continue
+    return True
+
+
+class WorkloadUsers:
+    """Create the workload users, give them their files and run their commands."""
+
+    def __init__(self, layout: StateLayout) -> None:
+        self.layout = layout
+        self.reason = self._reason_disabled()
+
+    user_pattern = USER_PREFIX + "<workload>"
+
+    @property
+    def enabled(self) -> bool:
+        return self.reason is None
+
+    def _reason_disabled(self) -> str | None:
+        if not is_root():
+            return "the launcher does not run as root"
+        missing = [tool for tool in ("setpriv", "useradd") if shutil.which(tool) is None]
+        if missing:
+            return f"{' and '.join(missing)} not found (Debian package util-linux, passwd)"
+        for folder in (ROOT, self.layout.root):
+            if not others_can_enter(folder):
+                return (f"other users cannot enter {folder}, so the workloads could not read "
+                        "their code; move the checkout (or AISWA_STATE_DIR) to a folder that "
+                        "every user can enter, such as /srv or /var/tmp")
+        return None
+
+    def home(self, workload: str) -> Path:
+        return workload_home(self.layout, workload)
+
+    def ensure(self, owned: dict[str, list[Path]]) -> None:
+        """Create each workload's user and home and give it the paths of ``owned``.
+
+        ``owned`` maps a workload to the files and folders it owns; a folder
+        is given with everything in it. Without users, only the homes are
+        created.
+        """
+        for workload, paths in owned.items():
+            home = self.home(workload)
+            home.mkdir(parents=True, exist_ok=True)
+            os.chmod(home, 0o700)
+            if not self.enabled:
+                continue
+            user = workload_user(workload)
+            if subprocess.run(["id", "-u", user], capture_output=True, check=False).returncode:
+                subprocess.run(
+                    ["useradd", "--system", "--user-group", "--no-create-home",
+                     "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+                     "--comment", f"AI-SWA workload {workload}", user],
+                    check=True, capture_output=True, text=True,
+                )
+            entry = pwd.getpwnam(user)
+            for path in [home, *paths]:
+                _chown_tree(path, entry.pw_uid, entry.pw_gid)
+
+    def command(self, workload: str, command: list[str]) -> list[str]:
+        """Return ``command`` run as ``workload``'s user, or unchanged without users."""
+        if not self.enabled:
+            return command
+        user = workload_user(workload)
+        return ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
+                "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *command]
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    """Give ``path`` to ``uid``, with everything in it when it is a folder; skip a missing path."""
+    if not os.path.lexists(path):
+        return
+    os.chown(path, uid, gid, follow_symlinks=False)
+    if path.is_dir() and not path.is_symlink():
+        for parent, folders, files in os.walk(path):
+            for name in [*folders, *files]:
+                os.chown(os.path.join(parent, name), uid, gid, follow_symlinks=False)
