@@ -84,7 +84,11 @@ function lineChart(canvas, yTitle) {
       maintainAspectRatio: false,
       parsing: false,
       normalized: true,
-      elements: { point: { radius: 0 }, line: { borderWidth: 2, tension: 0.2 } },
+      // Lines without points, except for a series with one sample, which has no line to draw.
+      elements: {
+        point: { radius: (context) => (context.dataset.data.length === 1 ? 3 : 0) },
+        line: { borderWidth: 2, tension: 0.2 },
+      },
       // 'auto' draws an axis only once a dataset exists. An empty linear axis
       // spans 0 to 1 ms, which the time labels would show as a time on 1 January 1970.
       scales: {

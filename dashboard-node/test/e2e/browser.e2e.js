@@ -8,7 +8,8 @@
 //   .state/artifacts/dashboard-e2e.png, on success and on failure.
 // - against a private dashboard web server on a free loopback port: run events
 //   that arrive out of order must not move a completed run back on the page,
-//   and a chart draws no axes until its first sample arrives.
+//   a chart draws no axes until its first sample arrives, and a series with a
+//   single sample shows it as a point.
 //
 //   node --test dashboard-node/test/e2e/browser.e2e.js      (from the repository root)
 //
@@ -428,4 +429,36 @@ test('page draws chart axes only with data', { timeout: 60_000 }, async (t) => {
   await page.waitForFunction(queueChartDrawn, null, { timeout: 5_000 });
   const row = await page.textContent('#queues tbody');
   assert.match(row, /analysis\.tasks\s*4\s*1/);
+});
+
+test('chart shows a series with one sample', { timeout: 60_000 }, async (t) => {
+  const { web, page } = await privatePage(t);
+  // Pixels of the first series' color (#2457c5) in the latency chart, above
+  // the legend at the bottom, whose box has that color too.
+  const seriesPixels = () => {
+    const canvas = document.getElementById('latency-chart');
+    const height = Math.floor(canvas.height * 0.7);
+    const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, height).data;
+    let found = 0;
+    for (let i = 0; i < pixels.length; i += 4) {
+      if (pixels[i] === 0x24 && pixels[i + 1] === 0x57 && pixels[i + 2] === 0xc5 && pixels[i + 3] === 255) found += 1;
+    }
+    return found;
+  };
+
+  await openPage(page, `http://127.0.0.1:${web.port}/`);
+  web.hub.publish({
+    metric_type: 'latency_p99_ms',
+    value: 12.5,
+    ts: Date.now() / 1000,
+    service: 'projects',
+    labels: {},
+    run: null,
+    event: 'metrics.projects',
+    key: 'latency_p99_ms:projects',
+  });
+  // The page redraws once per animation frame. The assert below reports a
+  // chart that never shows the sample.
+  await page.waitForFunction(seriesPixels, null, { timeout: 5_000 }).catch(() => {});
+  assert.ok(await page.evaluate(seriesPixels) > 0, 'one p99 sample draws nothing in the latency chart');
 });
