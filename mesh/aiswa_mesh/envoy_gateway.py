@@ -479,8 +479,10 @@ def _jwt_authn_filter(
             },
             # Keys that the users service rotates are used within 5 minutes.
             "cache_duration": "300s",
-            # NOTE: the fetch goes through this gateway's own listener, rate limit
-            # included, so during a flood a refresh can get 429 and is retried.
+            # The fetch goes through this gateway's own listener, rate limit
+            # included, so during a flood a refresh can get 429. With async_fetch,
+            # Envoy keeps the fetched keys until a later fetch succeeds (they
+            # never expire: jwt_authn's jwks_cache.cc), and retries after 1 s.
             "async_fetch": {
                 # The listener must not wait for the first fetch, which needs it.
                 # That first fetch fails because the listener is not up yet, and
