@@ -83,6 +83,9 @@ _client_call := [account, name] if {
 	endswith(input.caller, _identity_suffix)
 	account := trim_suffix(input.caller, _identity_suffix)
 	account in data.aiswa.topology.workloads[input.destination].clients
+
+	# The pattern of _method_parts, written out again: a rule that holds it for both
+	# adds 13 allocations to every decision (opa bench, 311 to 324).
 	regex.match(`^/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*$`, input.method)
 	[_, service, name] := split(input.method, "/")
 	service == data.aiswa.topology.workloads[input.destination].grpc_service
