@@ -195,7 +195,7 @@ class Mesh:
         root = str(self.layout.root)
         port = str(self.settings["openbao_port"])
         programs = [
-            Program("openbao", self.openbao.command(), 21),
+            Program("openbao", self.users.command("openbao", self.openbao.command()), 21),
             Program("openbao-unseal", [python, "-m", "aiswa_mesh.openbao", "unseal", "--port",
                                        port, "--watch", "5", "--state", root], 22,
                     directory=ROOT),

@@ -65,11 +65,13 @@ class StateLayout:
         return self.secrets / "admin-api-key"
 
     def create(self) -> None:
-        for folder in (self.root, self.logs, self.run, self.rabbitmq, self.envoy, self.traces,
-                       self.archives):
+        for folder in (self.root, self.logs, self.run, self.rabbitmq, self.envoy):
             folder.mkdir(parents=True, exist_ok=True)
-        self.secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.secrets, 0o700)
+        # The traces and the uploaded archives are for their one owner (the
+        # collector, the projects service) and root.
+        for private in (self.secrets, self.traces, self.archives):
+            private.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(private, 0o700)
 
     def secret(self, name: str) -> str:
         """Return the secret stored as ``name``, creating it on first use (mode 0600)."""

@@ -9,10 +9,14 @@ which needs root). A workload owns only its certificate folder and its home
 under the state folder (sockets, keys). Everything else that it reads is
 readable by every local user. The launcher's secrets are not.
 
-The launcher keeps running everything as root, and says so, when it does not
-run as root itself, or when other users cannot enter the checkout or the
-state folder (a checkout under /root, for example), because the workloads
-could then not read their own code.
+OpenBao, RabbitMQ (and its epmd) and the trace collector run the same way, as
+``aiswa-openbao``, ``aiswa-rabbitmq`` and ``aiswa-collector``, each owning
+its data folder.
+
+When it does not run as root itself, the launcher runs everything as its own
+user. It does the same, with a warning, when other users cannot enter the
+checkout or the state folder (a checkout under /root, for example), because
+the workloads could then not read their own code.
 """
 
 from __future__ import annotations
@@ -28,10 +32,23 @@ from ._state import ROOT, StateLayout, is_root
 
 USER_PREFIX = "aiswa-"
 
+# The shared servers that run as users of their own, and their supervisord programs.
+SERVER_PROGRAMS = {"openbao": ["openbao"], "rabbitmq": ["epmd", "rabbitmq"],
+                   "collector": ["collector"]}
+
 
 def workload_user(workload: str) -> str:
     """Return the name of ``workload``'s operating-system user."""
     return USER_PREFIX + workload
+
+
+def user_programs(workloads: list[str]) -> dict[str, list[str]]:
+    """Return the supervisord programs that run as each user: workloads, then servers."""
+    programs = {"gateway": ["identity-gateway", "sidecar-gateway"]}
+    for workload in workloads:
+        programs[workload] = [f"identity-{workload}", f"sidecar-{workload}", workload,
+                              f"opa-{workload}"]
+    return {**programs, **SERVER_PROGRAMS}
 
 
 def workload_home(layout: StateLayout, workload: str) -> Path:
@@ -91,17 +108,18 @@ class WorkloadUsers:
     def home(self, workload: str) -> Path:
         return workload_home(self.layout, workload)
 
-    def ensure(self, owned: dict[str, list[Path]]) -> None:
+    def ensure(self, owned: dict[str, list[Path]], *, homes: bool = True) -> None:
         """Create each workload's user and home and give it the paths of ``owned``.
 
-        ``owned`` maps a workload to the files and folders it owns; a folder
-        is given with everything in it. Without users, only the homes are
-        created.
+        ``owned`` maps a workload, or a shared server, to the files and
+        folders it owns; a folder is given with everything in it. Without
+        ``homes``, no home is created. Without users, only the homes are.
         """
         for workload, paths in owned.items():
             home = self.home(workload)
-            home.mkdir(parents=True, exist_ok=True)
-            os.chmod(home, 0o700)
+            if homes:
+                home.mkdir(parents=True, exist_ok=True)
+                os.chmod(home, 0o700)
             if not self.enabled:
                 continue
             user = workload_user(workload)
@@ -113,7 +131,7 @@ class WorkloadUsers:
                     check=True, capture_output=True, text=True,
                 )
             entry = pwd.getpwnam(user)
-            for path in [home, *paths]:
+            for path in [home, *paths] if homes else paths:
                 _chown_tree(path, entry.pw_uid, entry.pw_gid)
 
     def command(self, workload: str, command: list[str]) -> list[str]:

@@ -25,7 +25,7 @@ from ._mesh import Mesh
 from ._network import LOOPBACK
 from ._state import ROOT, default_layout
 from ._supervisor import Supervisor
-from ._users import process_identity, workload_user
+from ._users import process_identity, user_programs, workload_user
 from .envoy_sidecar import identity_dns, identity_uri
 from .probe import connect
 from .render import verify
@@ -160,21 +160,20 @@ def _check_isolation(mesh: Mesh, report: Report) -> None:
 
 
 def _check_users(mesh: Mesh, supervisor: Supervisor, report: Report) -> None:
-    """Report whether each workload's processes run as its own user, without capabilities."""
+    """Report whether each workload's and shared server's processes run as its own user,
+    without capabilities."""
     users = mesh.users
     if not users.enabled:
-        report.line("WARN", f"every workload runs as the launcher's user, because {users.reason}")
+        report.line("WARN", f"every workload and shared server runs as the launcher's user, "
+                            f"because {users.reason}")
         return
-    for workload in ["gateway", *mesh.workloads]:
+    for workload, programs in user_programs(mesh.workloads).items():
         user = workload_user(workload)
         try:
             uid = pwd.getpwnam(user).pw_uid
         except KeyError:
             report.line("FAIL", f"user {user} does not exist; run `make up` again")
             continue
-        programs = [f"identity-{workload}", f"sidecar-{workload}"]
-        if workload != "gateway":
-            programs += [workload, f"opa-{workload}"]
         problems = []
         for program in programs:
             pid = supervisor.ctl("pid", program).stdout.strip()
@@ -190,8 +189,8 @@ def _check_users(mesh: Mesh, supervisor: Supervisor, report: Report) -> None:
                                 "privileges (no_new_privs not set)")
         report.line("FAIL" if problems else "PASS",
                     f"{workload} runs as {user}" + (f", but {'; '.join(problems)}" if problems
-                                                    else f" without capabilities ({len(programs)} "
-                                                         "programs)"))
+                                                    else f" without capabilities "
+                                                         f"({', '.join(programs)})"))
 
 
 def run(min_hours: float | None, as_json: bool = False) -> int:

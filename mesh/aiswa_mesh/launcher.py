@@ -154,17 +154,18 @@ class Platform:
 
     def programs(self) -> list[Program]:
         python = str(self.layout.venv_python)
+        as_user = self.mesh.users.command
         programs = [
             Program("postgres", self.postgres.command(), 10,
                     user=self.postgres.os_user if is_root() else None, stop_signal="INT"),
-            Program("epmd", self.rabbitmq.epmd_command(), 15),
-            Program("rabbitmq", self.rabbitmq.command(), 20,
+            Program("epmd", as_user("rabbitmq", self.rabbitmq.epmd_command()), 15),
+            Program("rabbitmq", as_user("rabbitmq", self.rabbitmq.command()), 20,
                     environment=self.rabbitmq.environment(), stop_wait_seconds=60),
-            Program("collector", [
+            Program("collector", as_user("collector", [
                 python, "-m", "aiswa_mesh.collector",
                 *(argument for host in self.network.host_addresses for argument in (
                     "--address", f"{host}:{self.topology['infrastructure']['collector']['port']}")),
-                "--output", str(self.layout.traces / "spans.jsonl")], 25, directory=ROOT),
+                "--output", str(self.layout.traces / "spans.jsonl")]), 25, directory=ROOT),
         ]
         programs += self.mesh.infrastructure_programs(python)
         opa = str(self.layout.root / "tools" / "go" / "bin" / "opa")
@@ -307,12 +308,15 @@ class Platform:
         if earlier.exists() and not self.signing_key.exists():
             earlier.rename(self.signing_key)
         self.mesh.give_to_workloads({"projects": [self.layout.archives]})
+        # The shared servers that run as users of their own; PostgreSQL runs as postgres.
+        users.ensure({"openbao": [self.mesh.openbao.folder], "rabbitmq": [self.layout.rabbitmq],
+                      "collector": [self.layout.traces]}, homes=False)
         if users.enabled:
-            print(f"launcher: each workload runs as its own user ({users.user_pattern}), "
-                  "without capabilities")
+            print(f"launcher: each workload and shared server runs as its own user "
+                  f"({users.user_pattern}; PostgreSQL as postgres), without capabilities")
         else:
-            print(f"launcher: WARNING: every workload runs as this launcher's user, because "
-                  f"{users.reason}")
+            print(f"launcher: WARNING: every workload and shared server runs as this "
+                  f"launcher's user, because {users.reason}")
 
     def _start_mesh_infrastructure(self, rabbitmq_admin: tuple[str, str]) -> None:
         mesh = self.mesh

@@ -26,6 +26,7 @@ import yaml
 from aiswa_runtime import load_topology
 
 from ._state import ROOT, StateLayout, default_layout
+from ._users import user_programs
 from .envoy_sidecar import APP_CLUSTER, identity_dns, identity_uri
 
 TOPOLOGY_FILE = ROOT / "mesh" / "topology.yaml"
@@ -161,12 +162,6 @@ def _verify_gateway(layout: StateLayout, mesh: Any, problems: list[str]) -> None
                             f"through its sidecar at {expected}")
 
 
-def _workload_programs(workload: str) -> list[str]:
-    """Return the programs that run as ``workload``'s user."""
-    programs = [f"identity-{workload}", f"sidecar-{workload}"]
-    return programs if workload == "gateway" else [*programs, workload, f"opa-{workload}"]
-
-
 def _verify_programs(layout: StateLayout, topology: dict, mesh: Any,
                      problems: list[str]) -> None:
     conf = configparser.RawConfigParser()
@@ -186,13 +181,13 @@ def _verify_programs(layout: StateLayout, topology: dict, mesh: Any,
     if missing:
         problems.append(f"{layout.supervisord_conf.name}: no program for {missing}")
     if mesh.users.enabled:
-        for workload in ["gateway", *topology["workloads"]]:
-            as_user = " ".join(mesh.users.command(workload, []))
-            for program in _workload_programs(workload):
+        for name, names in user_programs(list(topology["workloads"])).items():
+            as_user = " ".join(mesh.users.command(name, []))
+            for program in names:
                 section = f"program:{program}"
                 if conf.has_section(section) and as_user not in conf.get(section, "command"):
                     problems.append(f"{layout.supervisord_conf.name}: {program} does not run as "
-                                    f"the user of {workload} (`{as_user}`)")
+                                    f"the user of {name} (`{as_user}`)")
     if not mesh.network.enabled:
         return
     # With pods, each workload's app, sidecar and OPA run in the workload's pod.

@@ -177,7 +177,7 @@ def users(mesh):
     return mesh.users
 
 
-def test_each_workload_runs_as_its_own_user_without_capabilities(layout, mesh, users):
+def test_workloads_and_servers_run_as_own_users(layout, mesh, users):
     seen = {}
     for workload in ["gateway", *mesh.workloads]:
         entry = pwd.getpwnam(f"aiswa-{workload}")
@@ -197,8 +197,19 @@ def test_each_workload_runs_as_its_own_user_without_capabilities(layout, mesh, u
             assert int(status["CapBnd"], 16) == 0, program
             assert status["NoNewPrivs"] == "1", program
         seen[workload] = uid
+    servers = {"openbao": ["openbao"], "rabbitmq": ["epmd", "rabbitmq"], "collector": ["collector"]}
+    for server, programs in servers.items():
+        uid = pwd.getpwnam(f"aiswa-{server}").pw_uid
+        for program in programs:
+            status = _status(_pid(layout, program))
+            assert status["Uid"].split() == [str(uid)] * 4, (program, status["Uid"])
+            assert int(status["CapEff"], 16) == 0, program
+        seen[server] = uid
+    seen["postgres"] = pwd.getpwnam("postgres").pw_uid
+    assert _status(_pid(layout, "postgres"))["Uid"].split()[0] == str(seen["postgres"])
+    assert 0 not in seen.values()
     assert len(set(seen.values())) == len(seen), seen
-    # The shared servers and the edge proxy are not workloads.
+    # The edge proxy still runs as root.
     assert _status(_pid(layout, "gateway"))["Uid"].split()[0] == "0"
 
 
@@ -219,6 +230,11 @@ def test_a_workload_reads_only_its_own_keys(layout, mesh, users):
                  layout.secrets / "openbao-root-token", layout.root / "openbao" / "tls"):
         denied = _as_user("vision", "cat", str(path))
         assert denied.returncode != 0, path
+        assert "Permission denied" in denied.stderr, (path, denied.stderr)
+    # Nor the shared servers' data, the traces of every workload or the uploaded archives.
+    for path in (layout.root / "openbao" / "data", layout.rabbitmq / ".erlang.cookie",
+                 layout.traces / "spans.jsonl", layout.archives):
+        denied = _as_user("vision", "cat", str(path))
         assert "Permission denied" in denied.stderr, (path, denied.stderr)
     # OpenBao's CA certificate is public: every workload verifies OpenBao with it.
     ca = _as_user("vision", "cat", str(mesh.openbao.ca_cert))

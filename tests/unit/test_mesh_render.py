@@ -242,9 +242,15 @@ def test_pods_run_each_workload_as_its_user(open_state):
             for earlier in ("aiswa_mesh.deliver", "netns exec"):
                 if earlier in command:
                     assert command.index(earlier) < command.index("setpriv"), program
-    # Shared servers and the edge proxy keep their own users.
-    for program in ("postgres", "rabbitmq", "openbao", "gateway"):
+    for server, programs in {"openbao": ["openbao"], "rabbitmq": ["epmd", "rabbitmq"],
+                             "collector": ["collector"]}.items():
+        for program in programs:
+            assert f"setpriv --reuid=aiswa-{server} --regid=aiswa-{server} " in \
+                _program_command(layout, program), program
+    # PostgreSQL runs as postgres (supervisord's user option), and the edge proxy as root.
+    for program in ("postgres", "gateway"):
         assert "setpriv" not in _program_command(layout, program), program
+    assert "user=postgres" in layout.supervisord_conf.read_text()
     assert verify(layout, TOPOLOGY) == []
     conf = layout.supervisord_conf
     conf.write_text(conf.read_text().replace(
