@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from ._network import LOOPBACK, Network
 from ._openbao_secrets import CredentialTtl, workload_secret_paths
 from ._state import ROOT, StateLayout
 from ._supervisor import Program
-from ._users import WorkloadUsers
+from ._users import WorkloadUsers, workload_user
 from .envoy_gateway import Address
 from .envoy_sidecar import sidecar_command, write_sidecar_config
 from .openbao import DEFAULT_BOUND_CIDRS, OpenBao, wait_for_identity
@@ -129,12 +130,32 @@ class Mesh:
         """Return where the gateway's edge proxy reaches ``upstream`` through the gateway's sidecar.
 
         With pods the edge proxy runs on the host and the sidecar in the
-        gateway's pod, so the outbound listeners are UNIX sockets (mode 0600)
-        in the gateway's home.
+        gateway's pod, so the outbound listeners are UNIX sockets in
+        :attr:`edge_sockets`.
         """
         if self.network.enabled:
-            return self.users.home("gateway") / f"to-{upstream}.sock"
+            return self.edge_sockets / f"to-{upstream}.sock"
         return LOOPBACK, self.outbound_port("gateway", upstream)
+
+    @property
+    def edge_sockets(self) -> Path:
+        """Return the folder of the sockets from the edge proxy to the gateway's sidecar.
+
+        The sidecar (user aiswa-gateway) creates them with mode 0660. The
+        folder belongs to the edge's group and is setgid, so the sockets get
+        that group too, and no other user may enter it (mode 2750).
+        """
+        return self.layout.run / "edge"
+
+    def share_edge_sockets(self) -> None:
+        """Create :attr:`edge_sockets` for the gateway's sidecar and the edge proxy."""
+        folder = self.edge_sockets
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if not self.users.enabled:
+            os.chmod(folder, 0o700)
+            return
+        shutil.chown(folder, workload_user("gateway"), workload_user("edge"))
+        os.chmod(folder, 0o2750)
 
     def certs_dir(self, workload: str) -> Path:
         return self.layout.root / "identity" / workload

@@ -9,9 +9,10 @@ which needs root). A workload owns only its certificate folder and its home
 under the state folder (sockets, keys). Everything else that it reads is
 readable by every local user. The launcher's secrets are not.
 
-OpenBao, RabbitMQ (and its epmd) and the trace collector run the same way, as
-``aiswa-openbao``, ``aiswa-rabbitmq`` and ``aiswa-collector``, each owning
-its data folder.
+OpenBao, RabbitMQ (and its epmd), the trace collector and the edge Envoy run
+the same way, as ``aiswa-openbao``, ``aiswa-rabbitmq``, ``aiswa-collector``
+and ``aiswa-edge``, each owning its data folder (the edge: its TLS key and
+access log).
 
 When it does not run as root itself, the launcher runs everything as its own
 user. It does the same, with a warning, when other users cannot enter the
@@ -34,7 +35,7 @@ USER_PREFIX = "aiswa-"
 
 # The shared servers that run as users of their own, and their supervisord programs.
 SERVER_PROGRAMS = {"openbao": ["openbao"], "rabbitmq": ["epmd", "rabbitmq"],
-                   "collector": ["collector"]}
+                   "collector": ["collector"], "edge": ["gateway"]}
 
 
 def workload_user(workload: str) -> str:

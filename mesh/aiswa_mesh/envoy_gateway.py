@@ -807,8 +807,8 @@ def _socket_address(host: str, port: int) -> dict:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _envoy_address(address: Address) -> dict:
-    """Return Envoy's form of ``address``. A UNIX socket is for its owner only (mode 0600)."""
+def _envoy_address(address: Address, mode: int = 0o600) -> dict:
+    """Return Envoy's form of ``address``. A UNIX socket gets ``mode``: its owner only by default."""
     if isinstance(address, Path):
-        return {"pipe": {"path": str(address), "mode": 0o600}}
+        return {"pipe": {"path": str(address), "mode": mode}}
     return _socket_address(*address)

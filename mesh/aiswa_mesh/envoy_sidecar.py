@@ -583,9 +583,11 @@ def _outbound_listener(workload: str, upstream: str, local_port: int | Path,
     name = f"outbound_{upstream}"
     return {
         "name": name,
-        # Only the app in the same pod may send plaintext calls into the mesh.
-        "address": _envoy_address(local_port if isinstance(local_port, Path)
-                                  else ("127.0.0.1", local_port)),
+        # Only the app in the same pod may send plaintext calls into the mesh. A
+        # socket is for the edge proxy, whose group owns the socket's folder
+        # (Mesh.edge_sockets).
+        "address": _envoy_address(local_port, 0o660) if isinstance(local_port, Path)
+        else _envoy_address(("127.0.0.1", local_port)),
         "filter_chains": [{
             "filters": [{
                 "name": "envoy.filters.network.http_connection_manager",

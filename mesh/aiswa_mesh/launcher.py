@@ -196,8 +196,11 @@ class Platform:
     def _gateway_command(self) -> list[str]:
         from .envoy_gateway import envoy_binary
 
-        return [str(envoy_binary()), "-c", str(self.layout.envoy / "gateway.yaml"),
-                "--log-level", "warn", "--base-id", "7340"]
+        # Nothing restarts the edge in place, and hot restart's shared memory
+        # in /dev/shm would outlive it.
+        return self.mesh.users.command("edge", [
+            str(envoy_binary()), "-c", str(self.layout.envoy / "gateway.yaml"),
+            "--log-level", "warn", "--disable-hot-restart"])
 
     def _render_gateway(self) -> Path:
         from .envoy_gateway import write_gateway_config
@@ -224,8 +227,8 @@ class Platform:
 
     @property
     def gateway_admin(self) -> Path:
-        """The UNIX socket (mode 0600) of the gateway's Envoy admin interface."""
-        return self.layout.run / "gateway-admin.sock"
+        """The UNIX socket (mode 0600) of the edge Envoy's admin interface, in its home."""
+        return workload_home(self.layout, "edge") / "admin.sock"
 
     def render(self) -> list[Path]:
         """Write the configuration of every program from the topology; return the paths.
@@ -308,6 +311,13 @@ class Platform:
         if earlier.exists() and not self.signing_key.exists():
             earlier.rename(self.signing_key)
         self.mesh.give_to_workloads({"projects": [self.layout.archives]})
+        # The edge reads its TLS key in the otherwise private pki folder, and
+        # writes its access log.
+        os.chmod(self.layout.pki, 0o711)
+        access_log = self.layout.logs / "gateway-access.log"
+        access_log.touch(mode=0o640)
+        users.ensure({"edge": [self.layout.pki / "gateway-key.pem", access_log]})
+        self.mesh.share_edge_sockets()
         # The shared servers that run as users of their own; PostgreSQL runs as postgres.
         users.ensure({"openbao": [self.mesh.openbao.folder], "rabbitmq": [self.layout.rabbitmq],
                       "collector": [self.layout.traces]}, homes=False)

@@ -7,6 +7,7 @@ loopback, to the bridge and to the pods' addresses.
 
 from __future__ import annotations
 
+import grp
 import json
 import pwd
 import os
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from aiswa_mesh._mesh import Mesh
+from aiswa_mesh._users import workload_home
 from aiswa_mesh.probe import connect
 from conftest import supervisorctl
 
@@ -107,13 +109,28 @@ def test_pods_have_no_route_off_the_bridge(mesh):
 
 
 def test_host_facing_sockets_are_private(layout, mesh, topology):
+    edge_admin = workload_home(layout, "edge") / "admin.sock"
     sockets = [mesh.admin_address(workload) for workload in ["gateway", *mesh.workloads]]
-    sockets += [mesh.gateway_outbound(upstream) for upstream in mesh.upstreams("gateway")]
-    sockets.append(layout.run / "gateway-admin.sock")
-    for path in sockets:
+    for path in [*sockets, edge_admin]:
         mode = os.stat(path).st_mode
         assert stat.S_ISSOCK(mode), path
         assert stat.S_IMODE(mode) == 0o600, f"{path} has mode {stat.S_IMODE(mode):o}"
+    # The edge proxy reaches the gateway's sidecar through sockets that only the
+    # sidecar's user and the edge's group may use.
+    for upstream in mesh.upstreams("gateway"):
+        path = mesh.gateway_outbound(upstream)
+        assert path.parent == mesh.edge_sockets
+        info = os.stat(path)
+        assert stat.S_ISSOCK(info.st_mode), path
+        assert stat.S_IMODE(info.st_mode) == 0o660, f"{path} has mode {stat.S_IMODE(info.st_mode):o}"
+    folder = os.stat(mesh.edge_sockets)
+    if mesh.users.enabled:
+        assert stat.S_IMODE(folder.st_mode) == 0o2750
+        assert pwd.getpwuid(folder.st_uid).pw_name == "aiswa-gateway"
+        assert grp.getgrgid(folder.st_gid).gr_name == "aiswa-edge"
+        assert grp.getgrgid(info.st_gid).gr_name == "aiswa-edge"
+    else:
+        assert stat.S_IMODE(folder.st_mode) == 0o700
     # The admin interface listens on no TCP port, in the pod or outside.
     admin_port = mesh.ports("projects").admin
     inside = mesh.network.probe("projects", "connect", f"127.0.0.1:{admin_port}", timeout=0)
@@ -123,7 +140,7 @@ def test_host_facing_sockets_are_private(layout, mesh, topology):
     # Nor does the edge Envoy's, on the host.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", topology["gateway"]["admin_port"]), timeout=2)
-    edge = httpx.HTTPTransport(uds=str(layout.run / "gateway-admin.sock"))
+    edge = httpx.HTTPTransport(uds=str(edge_admin))
     with httpx.Client(transport=edge, base_url="http://admin", timeout=5) as admin:
         assert admin.get("/ready").text.strip() == "LIVE"
 
@@ -197,7 +214,8 @@ def test_workloads_and_servers_run_as_own_users(layout, mesh, users):
             assert int(status["CapBnd"], 16) == 0, program
             assert status["NoNewPrivs"] == "1", program
         seen[workload] = uid
-    servers = {"openbao": ["openbao"], "rabbitmq": ["epmd", "rabbitmq"], "collector": ["collector"]}
+    servers = {"openbao": ["openbao"], "rabbitmq": ["epmd", "rabbitmq"], "collector": ["collector"],
+               "edge": ["gateway"]}
     for server, programs in servers.items():
         uid = pwd.getpwnam(f"aiswa-{server}").pw_uid
         for program in programs:
@@ -209,8 +227,6 @@ def test_workloads_and_servers_run_as_own_users(layout, mesh, users):
     assert _status(_pid(layout, "postgres"))["Uid"].split()[0] == str(seen["postgres"])
     assert 0 not in seen.values()
     assert len(set(seen.values())) == len(seen), seen
-    # The edge proxy still runs as root.
-    assert _status(_pid(layout, "gateway"))["Uid"].split()[0] == "0"
 
 
 def _as_user(workload: str, *command: str) -> subprocess.CompletedProcess[str]:
@@ -243,6 +259,14 @@ def test_a_workload_reads_only_its_own_keys(layout, mesh, users):
     sidecar = _pid(layout, "sidecar-projects")
     kill = _as_user("vision", "kill", "-0", str(sidecar))
     assert kill.returncode != 0 and "Operation not permitted" in kill.stderr, kill.stderr
+    # Only the edge proxy may call the gateway's sidecar through its sockets.
+    connect = ("import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1]); "
+               "print('open')")
+    sidecar_socket = str(mesh.gateway_outbound("projects"))
+    for user, expected in (("vision", "PermissionError"), ("gateway", "open"), ("edge", "open")):
+        reply = _as_user(user, "python3", "-c", connect, sidecar_socket)
+        found = "open" if reply.stdout.strip() == "open" else reply.stderr.strip().splitlines()[-1]
+        assert found.startswith(expected), (user, found)
     # Nor open another's file descriptors, such as the pipe of its OpenBao login.
     fds = _as_user("vision", "ls", f"/proc/{_pid(layout, 'projects')}/fd")
     assert fds.returncode != 0 and "Permission denied" in fds.stderr, fds.stderr

@@ -188,11 +188,12 @@ def test_pods_put_listeners_on_pod_addresses_and_sockets(rendered_pods):
     gateway = yaml.safe_load((layout.envoy / "gateway.yaml").read_text())
     sidecar = yaml.safe_load((layout.envoy / "sidecar-gateway.yaml").read_text())
     for upstream in ("users", "projects", "reflector", "vision", "dashboard"):
-        path = layout.root / "workloads" / "gateway" / f"to-{upstream}.sock"
-        socket = {"pipe": {"path": str(path), "mode": 0o600}}
-        assert _listener(sidecar, f"outbound_{upstream}")["address"] == socket
+        path = str(layout.run / "edge" / f"to-{upstream}.sock")
+        # The edge proxy connects through its group (Mesh.edge_sockets).
+        assert _listener(sidecar, f"outbound_{upstream}")["address"] == {
+            "pipe": {"path": path, "mode": 0o660}}
         assert _cluster(gateway, upstream)["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
-            "endpoint"]["address"] == socket
+            "endpoint"]["address"]["pipe"]["path"] == path
 
 
 def test_pods_run_each_workload_in_its_namespace(rendered_pods):
@@ -243,13 +244,12 @@ def test_pods_run_each_workload_as_its_user(open_state):
                 if earlier in command:
                     assert command.index(earlier) < command.index("setpriv"), program
     for server, programs in {"openbao": ["openbao"], "rabbitmq": ["epmd", "rabbitmq"],
-                             "collector": ["collector"]}.items():
+                             "collector": ["collector"], "edge": ["gateway"]}.items():
         for program in programs:
             assert f"setpriv --reuid=aiswa-{server} --regid=aiswa-{server} " in \
                 _program_command(layout, program), program
-    # PostgreSQL runs as postgres (supervisord's user option), and the edge proxy as root.
-    for program in ("postgres", "gateway"):
-        assert "setpriv" not in _program_command(layout, program), program
+    # PostgreSQL runs as postgres (supervisord's user option).
+    assert "setpriv" not in _program_command(layout, "postgres")
     assert "user=postgres" in layout.supervisord_conf.read_text()
     assert verify(layout, TOPOLOGY) == []
     conf = layout.supervisord_conf
