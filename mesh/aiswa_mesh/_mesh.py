@@ -12,7 +12,7 @@ from ._network import LOOPBACK, Network
 from ._openbao_secrets import CredentialTtl, workload_secret_paths
 from ._state import ROOT, StateLayout
 from ._supervisor import Program
-from ._users import WorkloadUsers, workload_user
+from ._users import WorkloadUsers, proxy, workload_user
 from .envoy_gateway import Address
 from .envoy_sidecar import sidecar_command, write_sidecar_config
 from .openbao import DEFAULT_BOUND_CIDRS, OpenBao, wait_for_identity
@@ -111,10 +111,10 @@ class Mesh:
     def admin_address(self, workload: str) -> Address:
         """Return ``workload``'s sidecar admin address: a UNIX socket with pods, else loopback.
 
-        The socket is in the workload's home, which only its user may enter.
+        The socket is in the home of the workload's proxy user, which only that user may enter.
         """
         if self.network.enabled:
-            return self.users.home(workload) / "admin.sock"
+            return self.users.home(proxy(workload)) / "admin.sock"
         return LOOPBACK, self.ports(workload).admin
 
     def admin_client(self, workload: str, timeout: float = 2.0) -> httpx.Client:
@@ -141,7 +141,7 @@ class Mesh:
     def edge_sockets(self) -> Path:
         """Return the folder of the sockets from the edge proxy to the gateway's sidecar.
 
-        The sidecar (user aiswa-gateway) creates them with mode 0660. The
+        The sidecar (user aiswa-gateway-proxy) creates them with mode 0660. The
         folder belongs to the edge's group and is setgid, so the sockets get
         that group too, and no other user may enter it (mode 2750).
         """
@@ -154,7 +154,7 @@ class Mesh:
         if not self.users.enabled:
             os.chmod(folder, 0o700)
             return
-        shutil.chown(folder, workload_user("gateway"), workload_user("edge"))
+        shutil.chown(folder, workload_user(proxy("gateway")), workload_user("edge"))
         os.chmod(folder, 0o2750)
 
     def certs_dir(self, workload: str) -> Path:
@@ -166,10 +166,11 @@ class Mesh:
                 self.layout.logs / f"sidecar-{workload}-access.log")
 
     def give_to_workloads(self, extra: dict[str, list[Path]]) -> None:
-        """Create the workload users and give each its certificates, sidecar logs and ``extra``.
+        """Create the workload users: the proxy's owns the certificates and sidecar logs, the
+        app's ``extra``.
 
-        Envoy opens its logs as the workload's user, in a folder that user
-        cannot write, so they are created here first.
+        Envoy opens its logs as the proxy's user, in a folder that user cannot
+        write, so they are created here first.
         """
         owned = {}
         for workload in ["gateway", *self.workloads]:
@@ -177,7 +178,9 @@ class Mesh:
             logs = self.sidecar_logs(workload)
             for log in logs:
                 log.touch(mode=0o640)
-            owned[workload] = [self.certs_dir(workload), *logs, *extra.get(workload, [])]
+            owned[proxy(workload)] = [self.certs_dir(workload), *logs]
+            if workload != "gateway":
+                owned[workload] = extra.get(workload, [])
         self.users.ensure(owned)
 
     def opa_url(self, workload: str) -> str:
@@ -224,7 +227,7 @@ class Mesh:
         for workload in ["gateway", *self.workloads]:
             programs.append(Program(
                 f"identity-{workload}",
-                self.delivered(python, workload, self.users.command(workload, [
+                self.delivered(python, workload, self.users.command(proxy(workload), [
                     python, "-m", "aiswa_mesh.openbao", "agent", "--state", root,
                     "--port", port, "--workload", workload,
                     "--namespace", self.topology["namespace"],
@@ -249,7 +252,7 @@ class Mesh:
         """Return the programs of the sidecar and OPA that start before ``workload``'s app."""
         ports = self.ports(workload)
         def in_pod(command: list[str]) -> list[str]:
-            return self.network.command(workload, self.users.command(workload, command))
+            return self.network.command(workload, self.users.command(proxy(workload), command))
 
         programs = [Program(
             f"sidecar-{workload}",

@@ -2,12 +2,15 @@
 
 A network namespace separates network stacks, not privileges: a workload
 that runs as root in its pod can still read every key in the state folder,
-enter the other pods and stop any process. So each workload's app, sidecar,
-OPA and certificate agent run as the user ``aiswa-<workload>``, with no
-capabilities and ``no_new_privs`` set (``setpriv``, after ``ip netns exec``,
-which needs root). A workload owns only its certificate folder and its home
-under the state folder (sockets, keys). Everything else that it reads is
-readable by every local user. The launcher's secrets are not.
+enter the other pods and stop any process. So each workload's app runs as the
+user ``aiswa-<workload>``, and its sidecar, OPA and certificate agent as
+``aiswa-<workload>-proxy``, as Linkerd runs its proxy with a user id of its
+own, so that the app cannot read the mesh key. They run with no capabilities
+and ``no_new_privs`` set (``setpriv``, after ``ip netns exec``, which needs
+root). The proxy user owns only the certificate folder and its home under the
+state folder (the admin socket), and the app user only its own home (keys)
+and data. Everything else that they read is readable by every local user.
+The launcher's secrets are not.
 
 OpenBao, RabbitMQ (and its epmd), the trace collector and the edge Envoy run
 the same way, as ``aiswa-openbao``, ``aiswa-rabbitmq``, ``aiswa-collector``
@@ -43,12 +46,18 @@ def workload_user(workload: str) -> str:
     return USER_PREFIX + workload
 
 
+def proxy(workload: str) -> str:
+    """Return the account of ``workload``'s mesh layer: its sidecar, OPA and identity agent."""
+    return f"{workload}-proxy"
+
+
 def user_programs(workloads: list[str]) -> dict[str, list[str]]:
     """Return the supervisord programs that run as each user: workloads, then servers."""
-    programs = {"gateway": ["identity-gateway", "sidecar-gateway"]}
+    programs = {proxy("gateway"): ["identity-gateway", "sidecar-gateway"]}
     for workload in workloads:
-        programs[workload] = [f"identity-{workload}", f"sidecar-{workload}", workload,
-                              f"opa-{workload}"]
+        programs[workload] = [workload]
+        programs[proxy(workload)] = [f"identity-{workload}", f"sidecar-{workload}",
+                                     f"opa-{workload}"]
     return {**programs, **SERVER_PROGRAMS}
 
 
@@ -68,16 +77,17 @@ def process_identity(pid: int) -> tuple[set[int], int, bool]:
             fields.get("NoNewPrivs", "0").strip() == "1")
 
 
-def others_can_enter(path: Path) -> bool:
-    """Return whether a user with no rights of its own can reach ``path`` through every folder."""
-    for folder in [path, *path.parents]:
+def closed_folder(path: Path) -> Path | None:
+    """Return the outermost folder on the way to ``path`` that a user with no rights of its
+    own cannot enter, or None when it can reach ``path``."""
+    for folder in [*reversed(path.parents), path]:
         try:
             if not folder.stat().st_mode & stat.S_IXOTH:
-                return False
+                return folder
         except FileNotFoundError:
             # A folder the launcher creates later gets mode 0755.
             continue
-    return True
+    return None
 
 
 class WorkloadUsers:
@@ -100,10 +110,11 @@ class WorkloadUsers:
         if missing:
             return f"{' and '.join(missing)} not found (Debian package util-linux, passwd)"
         for folder in (ROOT, self.layout.root):
-            if not others_can_enter(folder):
-                return (f"other users cannot enter {folder}, so the workloads could not read "
-                        "their code; move the checkout (or AISWA_STATE_DIR) to a folder that "
-                        "every user can enter, such as /srv or /var/tmp")
+            closed = closed_folder(folder)
+            if closed is not None:
+                return (f"other users cannot enter {closed} (on the way to {folder}), so the "
+                        f"workloads could not read their code; allow it with `chmod o+x "
+                        f"{closed}`, or move the checkout (or AISWA_STATE_DIR) out of it")
         return None
 
     def home(self, workload: str) -> Path:

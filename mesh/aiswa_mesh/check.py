@@ -58,7 +58,13 @@ class Report:
             print(json.dumps({"success": self.failures == 0, "failures": self.failures,
                               "checks": self.checks}, indent=2))
         else:
-            print(f"\n{self.failures} check(s) failed" if self.failures else "\nall checks passed")
+            warnings = sum(check["status"] == "WARN" for check in self.checks)
+            if self.failures:
+                print(f"\n{self.failures} check(s) failed")
+            elif warnings:
+                print(f"\nno check failed, {warnings} warning(s)")
+            else:
+                print("\nall checks passed")
         return 1 if self.failures else 0
 
 

@@ -323,7 +323,8 @@ class Platform:
                       "collector": [self.layout.traces]}, homes=False)
         if users.enabled:
             print(f"launcher: each workload and shared server runs as its own user "
-                  f"({users.user_pattern}; PostgreSQL as postgres), without capabilities")
+                  f"({users.user_pattern}, {users.user_pattern}-proxy for its sidecar; "
+                  "PostgreSQL as postgres), without capabilities")
         else:
             print(f"launcher: WARNING: every workload and shared server runs as this "
                   f"launcher's user, because {users.reason}")

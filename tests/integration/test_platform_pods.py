@@ -126,7 +126,7 @@ def test_host_facing_sockets_are_private(layout, mesh, topology):
     folder = os.stat(mesh.edge_sockets)
     if mesh.users.enabled:
         assert stat.S_IMODE(folder.st_mode) == 0o2750
-        assert pwd.getpwuid(folder.st_uid).pw_name == "aiswa-gateway"
+        assert pwd.getpwuid(folder.st_uid).pw_name == "aiswa-gateway-proxy"
         assert grp.getgrgid(folder.st_gid).gr_name == "aiswa-edge"
         assert grp.getgrgid(info.st_gid).gr_name == "aiswa-edge"
     else:
@@ -196,13 +196,17 @@ def users(mesh):
 
 def test_workloads_and_servers_run_as_own_users(layout, mesh, users):
     seen = {}
-    for workload in ["gateway", *mesh.workloads]:
-        entry = pwd.getpwnam(f"aiswa-{workload}")
+    # The app runs as the workload's user, its sidecar, OPA and identity agent as
+    # the proxy's; the gateway has no app.
+    accounts = {"gateway-proxy": ["identity-gateway", "sidecar-gateway"]}
+    for workload in mesh.workloads:
+        accounts[workload] = [workload]
+        accounts[f"{workload}-proxy"] = [f"identity-{workload}", f"sidecar-{workload}",
+                                         f"opa-{workload}"]
+    for account, programs in accounts.items():
+        entry = pwd.getpwnam(f"aiswa-{account}")
         uid, gid = entry.pw_uid, entry.pw_gid
         assert uid != 0 and gid != 0
-        programs = [f"identity-{workload}", f"sidecar-{workload}"]
-        if workload != "gateway":
-            programs += [workload, f"opa-{workload}"]
         for program in programs:
             status = _status(_pid(layout, program))
             # Real, effective, saved and file system user and group ids.
@@ -213,7 +217,7 @@ def test_workloads_and_servers_run_as_own_users(layout, mesh, users):
             assert int(status["CapEff"], 16) == 0, program
             assert int(status["CapBnd"], 16) == 0, program
             assert status["NoNewPrivs"] == "1", program
-        seen[workload] = uid
+        seen[account] = uid
     servers = {"openbao": ["openbao"], "rabbitmq": ["epmd", "rabbitmq"], "collector": ["collector"],
                "edge": ["gateway"]}
     for server, programs in servers.items():
@@ -235,9 +239,14 @@ def _as_user(workload: str, *command: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_workload_reads_only_its_own_keys(layout, mesh, users):
-    own = _as_user("users", "cat", str(mesh.certs_dir("users") / "key.pem"))
+    own = _as_user("users-proxy", "cat", str(mesh.certs_dir("users") / "key.pem"))
     assert own.returncode == 0, own.stderr
     assert own.stdout.startswith("-----BEGIN"), own.stdout[:40]
+    # The app itself cannot read its mesh key, nor the proxy its signing key.
+    app = _as_user("users", "cat", str(mesh.certs_dir("users") / "key.pem"))
+    assert "Permission denied" in app.stderr, app.stderr
+    key = _as_user("users-proxy", "cat", str(users.home("users") / "signing-key.pem"))
+    assert "Permission denied" in key.stderr, key.stderr
     signing = _as_user("users", "cat", str(users.home("users") / "signing-key.pem"))
     assert signing.returncode == 0 and "PRIVATE KEY" in signing.stdout, signing.stderr
     # Another workload's mesh key and signing key, the launcher's secrets
@@ -257,13 +266,16 @@ def test_a_workload_reads_only_its_own_keys(layout, mesh, users):
     assert ca.returncode == 0 and ca.stdout.startswith("-----BEGIN CERTIFICATE"), ca.stderr
     # A workload cannot stop another's process.
     sidecar = _pid(layout, "sidecar-projects")
-    kill = _as_user("vision", "kill", "-0", str(sidecar))
-    assert kill.returncode != 0 and "Operation not permitted" in kill.stderr, kill.stderr
+    for user in ("vision", "projects"):
+        kill = _as_user(user, "kill", "-0", str(sidecar))
+        assert "Operation not permitted" in kill.stderr, (user, kill.stderr)
+    assert _as_user("projects-proxy", "kill", "-0", str(sidecar)).returncode == 0
     # Only the edge proxy may call the gateway's sidecar through its sockets.
     connect = ("import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1]); "
                "print('open')")
     sidecar_socket = str(mesh.gateway_outbound("projects"))
-    for user, expected in (("vision", "PermissionError"), ("gateway", "open"), ("edge", "open")):
+    for user, expected in (("vision", "PermissionError"), ("gateway-proxy", "open"),
+                           ("edge", "open")):
         reply = _as_user(user, "python3", "-c", connect, sidecar_socket)
         found = "open" if reply.stdout.strip() == "open" else reply.stderr.strip().splitlines()[-1]
         assert found.startswith(expected), (user, found)

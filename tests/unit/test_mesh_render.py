@@ -176,7 +176,7 @@ def test_pods_put_listeners_on_pod_addresses_and_sockets(rendered_pods):
     assert _listener(projects, "inbound")["address"] == {
         "socket_address": {"address": "10.77.0.4", "port_value": 50152}}
     assert projects["admin"]["address"] == {
-        "pipe": {"path": str(layout.root / "workloads" / "projects" / "admin.sock"),
+        "pipe": {"path": str(layout.root / "workloads" / "projects-proxy" / "admin.sock"),
                  "mode": 0o600}}
     assert _cluster(projects, APP_CLUSTER)["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
         "endpoint"]["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 50052}}
@@ -230,12 +230,13 @@ def open_state():
 def test_pods_run_each_workload_as_its_user(open_state):
     layout = _render_pods(open_state)
     for workload in ["gateway", *TOPOLOGY["workloads"]]:
-        as_user = (f"setpriv --reuid=aiswa-{workload} --regid=aiswa-{workload} --clear-groups "
-                   "--inh-caps=-all --bounding-set=-all --no-new-privs -- ")
-        programs = [f"sidecar-{workload}", f"identity-{workload}"]
+        programs = {f"sidecar-{workload}": f"{workload}-proxy",
+                    f"identity-{workload}": f"{workload}-proxy"}
         if workload != "gateway":
-            programs += [workload, f"opa-{workload}"]
-        for program in programs:
+            programs |= {workload: workload, f"opa-{workload}": f"{workload}-proxy"}
+        for program, user in programs.items():
+            as_user = (f"setpriv --reuid=aiswa-{user} --regid=aiswa-{user} --clear-groups "
+                       "--inh-caps=-all --bounding-set=-all --no-new-privs -- ")
             command = _program_command(layout, program)
             assert as_user in command, program
             # setpriv comes last: `ip netns exec` needs root, and so does deliver,
