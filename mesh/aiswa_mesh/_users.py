@@ -115,7 +115,35 @@ class WorkloadUsers:
                 return (f"other users cannot enter {closed} (on the way to {folder}), so the "
                         f"workloads could not read their code; allow it with `chmod o+x "
                         f"{closed}`, or move the checkout (or AISWA_STATE_DIR) out of it")
-        return None
+        return self._interpreter_problem()
+
+    def _interpreter_problem(self) -> str | None:
+        """Return why a user with no rights of its own cannot start the venv's Python, if so.
+
+        The venv links to the interpreter it was made from, which may sit in
+        a folder that other users cannot enter, such as pyenv's under /root.
+
+        NOTE: on the machine this was written on, another user can start
+        pyenv's Python under /root (mode 0700) all the same, but its loader
+        cannot read pyenv's libpython there and takes Debian's libpython3.11
+        and standard library (3.11.2) instead of pyenv's 3.11.7. Importing
+        grpc checks that the venv still works with them.
+        """
+        python = self.layout.venv_python
+        if not python.exists():
+            # Rendering into a folder without a venv starts nothing.
+            return None
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(python),
+             "-c", "import grpc"],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode == 0:
+            return None
+        error = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return (f"another user cannot start {python} ({error}), whose interpreter is "
+                f"{os.path.realpath(python)}; make the venv from a Python that every user "
+                "can run (PYTHON=... make setup)")
 
     def home(self, workload: str) -> Path:
         return workload_home(self.layout, workload)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aiswa_mesh._state import StateLayout
+from aiswa_mesh._state import StateLayout, is_root
 from aiswa_mesh._users import WorkloadUsers, closed_folder
 
 
@@ -66,3 +66,24 @@ def test_closed_checkout_reason_names_folder(open_folder, monkeypatch):
     assert f"chmod o+x {closed}" in users.reason
     closed.chmod(0o711)
     assert WorkloadUsers(StateLayout(state)).reason is None
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_unrunnable_interpreter_disables_users(open_folder, monkeypatch, exit_code):
+    if not is_root():
+        pytest.skip("setpriv needs root")
+    state = open_folder / "state"
+    python = StateLayout(state).venv_python
+    python.parent.mkdir(parents=True)
+    python.write_text(f"#!/bin/sh\necho 'ImportError: no grpc here' >&2\nexit {exit_code}\n")
+    python.chmod(0o755)
+    for folder in (state, state / "venv", python.parent):
+        folder.chmod(0o755)
+    monkeypatch.setattr("aiswa_mesh._users.ROOT", open_folder)
+    reason = WorkloadUsers(StateLayout(state)).reason
+    if exit_code == 0:
+        assert reason is None
+    else:
+        assert reason is not None
+        assert f"another user cannot start {python} (ImportError: no grpc here)" in reason
+        assert "PYTHON=... make setup" in reason
