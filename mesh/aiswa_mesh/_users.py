@@ -124,10 +124,10 @@ class WorkloadUsers:
         a folder that other users cannot enter, such as pyenv's under /root.
 
         NOTE: on the machine this was written on, another user can start
-        pyenv's Python under /root (mode 0700) all the same, but its loader
-        cannot read pyenv's libpython there and takes Debian's libpython3.11
-        and standard library (3.11.2) instead of pyenv's 3.11.7. Importing
-        grpc checks that the venv still works with them.
+        pyenv's Python under /root (mode 0700) all the same. Its loader cannot
+        read pyenv's libpython there, so it takes Debian's libpython3.11 and
+        standard library (3.11.2, not pyenv's 3.11.7). Importing grpc checks
+        that the venv still works with them.
         """
         python = self.layout.venv_python
         if not python.exists():
