@@ -248,21 +248,21 @@ class Mesh:
         return {"AISWA_OPENBAO_ADDR": address,
                 "AISWA_OPENBAO_CACERT": str(self.openbao.ca_cert)}
 
+    def in_pod(self, workload: str, user: str, command: list[str]) -> list[str]:
+        """Return ``command`` run in ``workload``'s pod as ``user`` (see aiswa_mesh._users)."""
+        return self.network.command(workload, self.users.command(user, command))
+
     def workload_programs(self, workload: str, opa_binary: str) -> list[Program]:
         """Return the programs of the sidecar and OPA that start before ``workload``'s app."""
         ports = self.ports(workload)
-        def in_pod(command: list[str]) -> list[str]:
-            return self.network.command(workload, self.users.command(proxy(workload), command))
-
-        programs = [Program(
-            f"sidecar-{workload}",
-            in_pod(sidecar_command(self.layout.envoy / f"sidecar-{workload}.yaml",
-                                   log_path=self.sidecar_logs(workload)[0])),
-            28,
-        )]
+        sidecar = sidecar_command(self.layout.envoy / f"sidecar-{workload}.yaml",
+                                  log_path=self.sidecar_logs(workload)[0])
+        programs = [Program(f"sidecar-{workload}",
+                            self.in_pod(workload, proxy(workload), sidecar), 28)]
         if workload != "gateway":
+            opa = opa_command(opa_binary, (LOOPBACK, ports.opa))
             programs.insert(0, Program(
-                f"opa-{workload}", in_pod(opa_command(opa_binary, (LOOPBACK, ports.opa))),
+                f"opa-{workload}", self.in_pod(workload, proxy(workload), opa),
                 27, environment=OPA_ENVIRONMENT,
             ))
         return programs

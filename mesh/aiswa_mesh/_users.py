@@ -25,6 +25,7 @@ the workloads could then not read their own code.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import shutil
@@ -115,35 +116,7 @@ class WorkloadUsers:
                 return (f"other users cannot enter {closed} (on the way to {folder}), so the "
                         f"workloads could not read their code; allow it with `chmod o+x "
                         f"{closed}`, or move the checkout (or AISWA_STATE_DIR) out of it")
-        return self._interpreter_problem()
-
-    def _interpreter_problem(self) -> str | None:
-        """Return why a user with no rights of its own cannot start the venv's Python, if so.
-
-        The venv links to the interpreter it was made from, which may sit in
-        a folder that other users cannot enter, such as pyenv's under /root.
-
-        NOTE: on the machine this was written on, another user can start
-        pyenv's Python under /root (mode 0700) all the same. Its loader cannot
-        read pyenv's libpython there, so it takes Debian's libpython3.11 and
-        standard library (3.11.2, not pyenv's 3.11.7). Importing grpc checks
-        that the venv still works with them.
-        """
-        python = self.layout.venv_python
-        if not python.exists():
-            # Rendering into a folder without a venv starts nothing.
-            return None
-        result = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(python),
-             "-c", "import grpc"],
-            capture_output=True, text=True, check=False,
-        )
-        if result.returncode == 0:
-            return None
-        error = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        return (f"another user cannot start {python} ({error}), whose interpreter is "
-                f"{os.path.realpath(python)}; make the venv from a Python that every user "
-                "can run (PYTHON=... make setup)")
+        return _interpreter_problem(self.layout.venv_python)
 
     def home(self, workload: str) -> Path:
         return workload_home(self.layout, workload)
@@ -181,6 +154,37 @@ class WorkloadUsers:
         user = workload_user(workload)
         return ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *command]
+
+
+@functools.cache
+def _interpreter_problem(python: Path) -> str | None:
+    """Return why a user with no rights of its own cannot start the venv's Python, if so.
+
+    The venv links to the interpreter it was made from, which may sit in a
+    folder that other users cannot enter, such as pyenv's under /root. The
+    probe starts a process, so it runs once per interpreter and process.
+
+    NOTE: on the machine this was written on, another user can start
+    pyenv's Python under /root (mode 0700) all the same. Its loader cannot
+    read pyenv's libpython there, so it takes Debian's libpython3.11 and
+    standard library (3.11.2, not pyenv's 3.11.7). Importing grpc checks
+    that the venv still works with them.
+    """
+    if not python.exists():
+        # Rendering into a folder without a venv starts nothing.
+        return None
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(python),
+         "-c", "import grpc"],
+        capture_output=True, text=True, check=False,
+    )
+    if result.returncode == 0:
+        return None
+    lines = result.stderr.strip().splitlines()
+    error = lines[-1] if lines else "no output"
+    return (f"another user cannot start {python} ({error}), whose interpreter is "
+            f"{os.path.realpath(python)}; make the venv from a Python that every user "
+            "can run (PYTHON=... make setup)")
 
 
 def _chown_tree(path: Path, uid: int, gid: int) -> None:

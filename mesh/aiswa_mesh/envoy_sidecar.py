@@ -581,13 +581,16 @@ def _app_cluster(host: str, port: int) -> dict:
 def _outbound_listener(workload: str, upstream: str, local_port: int | Path,
                        access_log: Path) -> dict:
     name = f"outbound_{upstream}"
+    # Only the app in the same pod may send plaintext calls into the mesh. A
+    # socket is for the edge proxy, whose group owns the socket's folder
+    # (Mesh.edge_sockets).
+    if isinstance(local_port, Path):
+        address = _envoy_address(local_port, 0o660)
+    else:
+        address = _envoy_address(("127.0.0.1", local_port))
     return {
         "name": name,
-        # Only the app in the same pod may send plaintext calls into the mesh. A
-        # socket is for the edge proxy, whose group owns the socket's folder
-        # (Mesh.edge_sockets).
-        "address": _envoy_address(local_port, 0o660) if isinstance(local_port, Path)
-        else _envoy_address(("127.0.0.1", local_port)),
+        "address": address,
         "filter_chains": [{
             "filters": [{
                 "name": "envoy.filters.network.http_connection_manager",

@@ -173,19 +173,17 @@ class Platform:
             programs += self.mesh.workload_programs(name, opa)
         # deliver runs on the host, where it reaches OpenBao, and then
         # executes `ip netns exec <pod>`, which executes the app in its pod.
-        def in_pod(name: str, command: list[str]) -> list[str]:
-            return self.network.command(name, self.mesh.users.command(name, command))
-
+        in_pod = self.mesh.in_pod
         for priority, name in enumerate(PYTHON_SERVICES, start=30):
             programs.append(Program(
                 name, self.mesh.delivered(
-                    python, name, in_pod(name, [python, "-m", f"aiswa_{name}", "serve"])),
+                    python, name, in_pod(name, name, [python, "-m", f"aiswa_{name}", "serve"])),
                 priority, environment=self.service_environment(name), directory=ROOT,
             ))
         for name in NODE_SERVICES:
             programs.append(Program(
                 name, self.mesh.delivered(python, name, in_pod(
-                    name, ["node", str(ROOT / f"{name}-node" / "src" / "main.js")])),
+                    name, name, ["node", str(ROOT / f"{name}-node" / "src" / "main.js")])),
                 45, environment=self.service_environment(name), directory=ROOT / f"{name}-node",
             ))
         programs.append(Program(

@@ -206,7 +206,8 @@ def test_workloads_and_servers_run_as_own_users(layout, mesh, users):
     for account, programs in accounts.items():
         entry = pwd.getpwnam(f"aiswa-{account}")
         uid, gid = entry.pw_uid, entry.pw_gid
-        assert uid != 0 and gid != 0
+        assert uid != 0
+        assert gid != 0
         for program in programs:
             status = _status(_pid(layout, program))
             # Real, effective, saved and file system user and group ids.
@@ -238,7 +239,7 @@ def _as_user(workload: str, *command: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, check=False)
 
 
-def test_a_workload_reads_only_its_own_keys(layout, mesh, users):
+def test_workload_user_reads_only_own_keys(layout, mesh, users):
     own = _as_user("users-proxy", "cat", str(mesh.certs_dir("users") / "key.pem"))
     assert own.returncode == 0, own.stderr
     assert own.stdout.startswith("-----BEGIN"), own.stdout[:40]
@@ -248,7 +249,8 @@ def test_a_workload_reads_only_its_own_keys(layout, mesh, users):
     key = _as_user("users-proxy", "cat", str(users.home("users") / "signing-key.pem"))
     assert "Permission denied" in key.stderr, key.stderr
     signing = _as_user("users", "cat", str(users.home("users") / "signing-key.pem"))
-    assert signing.returncode == 0 and "PRIVATE KEY" in signing.stdout, signing.stderr
+    assert signing.returncode == 0, signing.stderr
+    assert "PRIVATE KEY" in signing.stdout
     # Another workload's mesh key and signing key, the launcher's secrets
     # and OpenBao's private folder are out of reach.
     for path in (mesh.certs_dir("projects") / "key.pem", users.home("users") / "signing-key.pem",
@@ -263,7 +265,8 @@ def test_a_workload_reads_only_its_own_keys(layout, mesh, users):
         assert "Permission denied" in denied.stderr, (path, denied.stderr)
     # OpenBao's CA certificate is public: every workload verifies OpenBao with it.
     ca = _as_user("vision", "cat", str(mesh.openbao.ca_cert))
-    assert ca.returncode == 0 and ca.stdout.startswith("-----BEGIN CERTIFICATE"), ca.stderr
+    assert ca.returncode == 0, ca.stderr
+    assert ca.stdout.startswith("-----BEGIN CERTIFICATE")
     # A workload cannot stop another's process.
     sidecar = _pid(layout, "sidecar-projects")
     for user in ("vision", "projects"):
@@ -281,6 +284,8 @@ def test_a_workload_reads_only_its_own_keys(layout, mesh, users):
         assert found.startswith(expected), (user, found)
     # Nor open another's file descriptors, such as the pipe of its OpenBao login.
     fds = _as_user("vision", "ls", f"/proc/{_pid(layout, 'projects')}/fd")
-    assert fds.returncode != 0 and "Permission denied" in fds.stderr, fds.stderr
+    assert fds.returncode != 0
+    assert "Permission denied" in fds.stderr, fds.stderr
     own = _as_user("vision", "ls", f"/proc/{_pid(layout, 'vision')}/fd")
-    assert own.returncode == 0 and "0" in own.stdout.split(), own.stderr
+    assert own.returncode == 0, own.stderr
+    assert "0" in own.stdout.split()
