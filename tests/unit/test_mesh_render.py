@@ -217,12 +217,18 @@ def test_pods_run_each_workload_in_its_namespace(rendered_pods):
 
 
 @pytest.fixture
-def open_state():
-    """A state folder that other users can enter, as the workload users must."""
+def open_state(monkeypatch):
+    """A state folder that other users can enter, as the workload users must.
+
+    The checkout may sit in a folder that other users cannot enter (a clone
+    in `mktemp -d`), which would turn the users off, so the open folder
+    stands in for it too.
+    """
     if not is_root():
         pytest.skip("workload users need root")
     folder = Path(tempfile.mkdtemp(prefix="aiswa-render-", dir="/var/tmp"))
     folder.chmod(0o755)
+    monkeypatch.setattr("aiswa_mesh._users.ROOT", folder)
     yield folder / "state"
     shutil.rmtree(folder)
 
