@@ -11,6 +11,13 @@ fixed request rate:
 - mesh: the same two sidecars to an app that runs the runtime's
   AuthorizationInterceptor, which asks a real OPA serving policies/rego/ about
   every call. This is what every call on the platform goes through.
+- ext-authz: the same two sidecars to the app without the interceptor, but
+  projects' sidecar asks OPA itself before it forwards a call: Envoy's
+  ext_authz filter calls an OPA built with an ext_authz gRPC server
+  (benchmarks/opa-ext-authz, standing in for OPA's Envoy plugin), which decides
+  with the same policy and input and logs the decision the same way. This is
+  where a user of Envoy and OPA would first put the check. It cannot be the
+  platform's, because Linkerd's proxy has no such hook (../shared/ARCHITECTURE.md).
 - opa: the interceptor's decision alone (an HTTP POST to the local OPA with
   aiohttp), timed in this process.
 - opa-httpx: the same POST with httpx, the client the interceptor used before
@@ -24,11 +31,14 @@ Sidecars and OPA run with the same commands as under `make up`
 (aiswa_mesh.envoy_sidecar.sidecar_command, aiswa_mesh._mesh.opa_command), with
 certificates from a throwaway CA (aiswa_mesh.localca) on free loopback ports.
 It needs no running platform. The paths take turns in short rounds, so that
-other load on the machine affects all of them alike. The three decision paths
-(opa, opa-httpx, opa-go-default) take turns call by call within their round,
-at the same total rate, because their differences are smaller than the drift
-of this machine's speed between rounds. Run from the repository root after
-`make setup`:
+other load on the machine affects all of them alike. The two paths that
+authorize (mesh, ext-authz) and the three decision paths (opa, opa-httpx,
+opa-go-default) take turns call by call within their round, at the same total
+rate, because their differences are smaller than the drift of this machine's
+speed between rounds. Before it measures, the benchmark checks that a call
+that the policy denies ends with the same PERMISSION_DENIED and reason on
+both authorizing paths. Run from the repository root after `make setup` and
+scripts/build-opa-ext-authz.sh (`make bench` runs both):
 
     .state/venv/bin/python benchmarks/bench_mesh.py
 
@@ -56,6 +66,7 @@ import yaml
 
 from aiswa_mesh._mesh import OPA_ENVIRONMENT, opa_command
 from aiswa_mesh.envoy_sidecar import (
+    INBOUND_LISTENER,
     envoy_binary,
     identity_dns,
     sidecar_command,
@@ -63,17 +74,22 @@ from aiswa_mesh.envoy_sidecar import (
     write_sidecar_config,
 )
 from aiswa_mesh.localca import CertificateAuthority, free_port
+from aiswa_runtime._auth import JWT_PAYLOAD_HEADER
 from aiswa_runtime._authz import CALLER_HEADER, DECISION_PATH, AuthorizationInterceptor
 
 ROOT = Path(__file__).resolve().parent.parent
 OPA = ROOT / ".state" / "tools" / "go" / "bin" / "opa"
+EXT_AUTHZ_OPA = ROOT / ".state" / "tools" / "go" / "bin" / "opa-ext-authz"
 METHOD = "/aiswa.projects.v1.ProjectsService/GetProject"
+# A method of projects that the policy does not grant reflector.
+DENIED_METHOD = "/aiswa.projects.v1.ProjectsService/DeleteProject"
 SERVICE, NAME = METHOD.strip("/").split("/")
 NAMESPACE = "aiswa"
 READY_LINE = "bench app ready"
 # Paths measured together take turns call by call, so that the machine's drift in
 # speed affects them alike. Groups take turns in rounds.
-GROUPS = (("direct",), ("sidecars",), ("mesh",), ("opa", "opa-httpx", "opa-go-default"))
+GROUPS = (("direct",), ("sidecars",), ("mesh", "ext-authz"), ("opa", "opa-httpx", "opa-go-default"))
+_TYPE_PREFIX = "type.googleapis.com/"
 
 
 # --- the app, in its own process -------------------------------------------------
@@ -83,8 +99,11 @@ async def _serve(plain_port: int, authz_port: int, opa_url: str) -> None:
     async def get_project(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
 
+    # The app serves DENIED_METHOD too: the interceptor leaves a method that the
+    # server does not serve to grpc, which returns UNIMPLEMENTED.
     handler = grpc.method_handlers_generic_handler(
-        SERVICE, {NAME: grpc.unary_unary_rpc_method_handler(get_project)})
+        SERVICE, {name: grpc.unary_unary_rpc_method_handler(get_project)
+                  for name in (NAME, DENIED_METHOD.rsplit("/", 1)[1])})
     authz = AuthorizationInterceptor("projects", opa_url)
     plain = grpc.aio.server()
     guarded = grpc.aio.server(interceptors=[authz])
@@ -188,8 +207,16 @@ class Bed:
             raise RuntimeError(f"the bench app printed {line!r} instead of {READY_LINE!r}")
         self.ports["direct"] = plain_port
 
+        ext_authz_port, ext_authz_http = free_port(), free_port()
+        self.processes.start("opa-ext-authz", _ext_authz_command(ext_authz_http, ext_authz_port),
+                             env={**os.environ, **OPA_ENVIRONMENT})
+        # ?plugins: healthy only once the ext_authz listener is up.
+        await _wait_http(f"http://127.0.0.1:{ext_authz_http}/health?plugins", self.processes,
+                         "the ext_authz OPA")
+
         admins = []
-        for path, app_port in (("sidecars", plain_port), ("mesh", authz_port)):
+        for path, app_port in (("sidecars", plain_port), ("mesh", authz_port),
+                               ("ext-authz", plain_port)):
             inbound, outbound = free_port(), free_port()
             for workload, inbound_side, upstreams in (
                 ("projects", (("127.0.0.1", inbound), ("127.0.0.1", app_port)), {}),
@@ -207,6 +234,8 @@ class Bed:
                     topology, workload, path=folder / "sidecar.yaml",
                     inbound=inbound_side[0], app=inbound_side[1], upstreams=upstreams,
                     certs_dir=certs, admin=("127.0.0.1", admin), access_log=folder / "access.log")
+                if path == "ext-authz" and workload == "projects":
+                    _add_ext_authz(config, ext_authz_port)
                 self.processes.start(f"{path}-{workload}",
                                      sidecar_command(config, log_path=folder / "envoy.log"))
                 admins.append(admin)
@@ -216,6 +245,83 @@ class Bed:
 
     def stop(self) -> None:
         self.processes.stop()
+
+
+def _ext_authz_command(http_port: int, grpc_port: int) -> list[str]:
+    """Return the command of the OPA that projects' sidecar queries.
+
+    It is the platform's OPA command line, decision log included, plus the
+    ext_authz gRPC listener.
+    """
+    command = opa_command(str(EXT_AUTHZ_OPA), ("127.0.0.1", http_port))
+    policies = command.pop()
+    return [*command,
+            "--set", f"plugins.aiswa_ext_authz.addr=127.0.0.1:{grpc_port}",
+            "--set", "plugins.aiswa_ext_authz.destination=projects",
+            "--set", f"plugins.aiswa_ext_authz.claims_header={JWT_PAYLOAD_HEADER}",
+            policies]
+
+
+def _add_ext_authz(config_path: Path, grpc_port: int) -> None:
+    """Make the inbound listener of the sidecar at ``config_path`` ask OPA over gRPC first.
+
+    The filter fails closed (failure_mode_allow false, 403 on an error) within
+    the interceptor's default deadline of 250 ms.
+    """
+    config = yaml.safe_load(config_path.read_text())
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                if (listener["name"] == INBOUND_LISTENER and network_filter["name"]
+                        == "envoy.filters.network.http_connection_manager"):
+                    network_filter["typed_config"]["http_filters"].insert(0, {
+                        "name": "envoy.filters.http.ext_authz",
+                        "typed_config": {
+                            "@type": _TYPE_PREFIX
+                            + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                            "transport_api_version": "V3",
+                            "grpc_service": {"envoy_grpc": {"cluster_name": "opa_ext_authz"},
+                                             "timeout": "0.25s"},
+                            "failure_mode_allow": False,
+                        },
+                    })
+    config["static_resources"]["clusters"].append({
+        "name": "opa_ext_authz",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPE_PREFIX + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+        "load_assignment": {"cluster_name": "opa_ext_authz", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                         "port_value": grpc_port}}}},
+        ]}]},
+    })
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+async def check_denials(bed: Bed) -> str:
+    """Return the reason for DENIED_METHOD, after checking that both authorizing paths give it.
+
+    Raises RuntimeError when a path lets the call through or ends it another way,
+    because then the two paths would not be doing the same work.
+    """
+    outcomes = {}
+    for path in ("mesh", "ext-authz"):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{bed.ports[path]}") as channel:
+            try:
+                await channel.unary_unary(DENIED_METHOD)(b"x" * 16, timeout=2.0)
+            except grpc.aio.AioRpcError as error:
+                outcomes[path] = (error.code(), error.details())
+            else:
+                raise RuntimeError(f"the {path} path let reflector call {DENIED_METHOD}, "
+                                   "which the policy denies")
+    if len(set(outcomes.values())) != 1 or outcomes["mesh"][0] != grpc.StatusCode.PERMISSION_DENIED:
+        raise RuntimeError(f"the authorizing paths ended {DENIED_METHOD} differently: {outcomes}")
+    return outcomes["mesh"][1]
 
 
 # --- measuring -------------------------------------------------------------------
@@ -313,7 +419,8 @@ async def measure(bed: Bed, rate: float, count: int,
     return samples, failures
 
 
-def _summary(samples: dict[str, list[float]], failures: dict[str, list[str]], rate: float) -> dict:
+def _summary(samples: dict[str, list[float]], failures: dict[str, list[str]], rate: float,
+             denial: str) -> dict:
     figures = {}
     for path, values in samples.items():
         ordered = sorted(values)
@@ -327,7 +434,7 @@ def _summary(samples: dict[str, list[float]], failures: dict[str, list[str]], ra
     added = {
         path: {"p50_ms": figures[path]["p50_ms"] - direct["p50_ms"],
                "p99_ms": figures[path]["p99_ms"] - direct["p99_ms"]}
-        for path in ("sidecars", "mesh")
+        for path in ("sidecars", "mesh", "ext-authz")
     }
     return {
         "benchmark": "mesh hop latency",
@@ -337,6 +444,10 @@ def _summary(samples: dict[str, list[float]], failures: dict[str, list[str]], ra
         "rate_per_second": rate,
         "latency": figures,
         "added_per_hop": added,
+        # How the authorization's share of a hop compares when the sidecar decides.
+        "ext_authz_to_interceptor_p50": ((added["ext-authz"]["p50_ms"] - added["sidecars"]["p50_ms"])
+                                         / (added["mesh"]["p50_ms"] - added["sidecars"]["p50_ms"])),
+        "denial": denial,
         # How much longer the same decision takes with httpx than with aiohttp.
         "opa_httpx_to_aiohttp_p50": figures["opa-httpx"]["p50_ms"] / figures["opa"]["p50_ms"],
         # How much longer a decision takes from an OPA with Go's default GOMAXPROCS.
@@ -363,6 +474,9 @@ def _table(result: dict) -> str:
                  else f"{'':>8} {'':>8}")
         rows.append(f"{path:<14} {figures['calls']:>6} {figures['failed']:>6} {figures['p50_ms']:>8.3f} "
                     f"{figures['p99_ms']:>8.3f} {extra}")
+    rows.append("the authorization adds "
+                f"{result['ext_authz_to_interceptor_p50']:.2f}x as much to a hop (p50) when the "
+                "sidecar queries OPA (ext-authz) as when the service does (mesh)")
     rows.append(f"an OPA decision takes {result['opa_httpx_to_aiohttp_p50']:.2f}x as long (p50) "
                 "with httpx as with aiohttp")
     rows.append(f"an OPA with Go's default GOMAXPROCS takes "
@@ -377,14 +491,18 @@ def _table(result: dict) -> str:
 async def _main(args: argparse.Namespace) -> None:
     if not OPA.exists():
         raise SystemExit(f"OPA is missing at {OPA}; run `make setup` first")
+    if not EXT_AUTHZ_OPA.exists():
+        raise SystemExit(f"{EXT_AUTHZ_OPA} is missing; run scripts/build-opa-ext-authz.sh "
+                         "(make bench runs it)")
     with tempfile.TemporaryDirectory(prefix="aiswa-bench-mesh-") as folder:
         bed = Bed(Path(folder))
         try:
             await bed.start()
+            denial = await check_denials(bed)
             samples, failures = await measure(bed, args.rate, args.calls, args.rounds)
         finally:
             bed.stop()
-    result = _summary(samples, failures, args.rate)
+    result = _summary(samples, failures, args.rate, denial)
     out = ROOT / ".state" / "bench" / "mesh.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

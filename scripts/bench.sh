@@ -7,6 +7,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 py="$root/.state/venv/bin/python"
 
+# bench_mesh.py compares the platform's decision path with one made in the sidecar.
+bash "$root/scripts/build-opa-ext-authz.sh"
+
 shopt -s nullglob
 benchmarks=(benchmarks/bench_*.py)
 if ((${#benchmarks[@]} == 0)); then
