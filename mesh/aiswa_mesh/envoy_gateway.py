@@ -19,6 +19,7 @@ service to its workload. Its HTTP filters run in this order:
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import shlex
 import sys
@@ -325,8 +326,10 @@ def _https_listener(
 # usual grpc-status and grpc-message instead. 404s are left out because the routes' 404s are
 # JSON already.
 _LOCAL_REPLY_CODES: dict[int, tuple[int, str]] = {
-    # The transcoder's messages already name the invalid field, and those seen end with a period.
-    400: (3, ""),
+    # The transcoder's messages name an invalid field or parameter, and those seen end with a
+    # period. For a body that is not JSON, the message is the parser's, such as "Unexpected token."
+    400: (3, "Send the method's request message as a JSON object, as in "
+             "docs/api/aiswa.swagger.json."),
     401: (16, "Get a token with POST /v1/auth/token and send it as 'Authorization: Bearer TOKEN'."),
     413: (8, "Send a request body of at most {max_request_bytes} bytes."),
     # Envoy sent x-ratelimit-reset: 0 with the 1 s fill interval, so the advice does not use it.
@@ -399,7 +402,7 @@ def _json_reply(status: int, limits: dict[str, Any]) -> dict:
     message = "%LOCAL_REPLY_BODY%"
     if advice:
         message += ". " + advice.format(**limits)
-    return {"json_format": {"code": code, "message": message},
+    return {"json_format": {"code": code, "message": message, "details": []},
             "content_type": "application/json"}
 
 
@@ -605,7 +608,7 @@ def _route_config(workloads: dict[str, dict[str, Any]]) -> dict:
 
 def _json_status(code: int, message: str) -> str:
     # The same shape as the transcoder's converted gRPC errors (google.rpc.Status).
-    return f'{{"code":{code},"message":"{message}"}}'
+    return json.dumps({"code": code, "message": message, "details": []}, separators=(",", ":"))
 
 
 def _json_content_type() -> dict:

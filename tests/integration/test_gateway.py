@@ -346,6 +346,29 @@ async def test_missing_token_rejected(client, backends):
     assert reply.json()["code"] == 16
     assert reply.json()["message"].startswith("Jwt is missing. ")
     assert "POST /v1/auth/token" in reply.json()["message"]
+    assert reply.json()["details"] == []
+
+
+async def test_gateway_errors_have_service_error_keys(client, backends):
+    """The gateway's own errors and the services' transcoded ones have the same keys."""
+    route_404 = await client.get("/v1/no-such-thing", headers=_bearer(_token(backends.signing_key)))
+    token_401 = await client.get("/v1/users/me")
+    service_404 = await client.get("/v1/projects/missing",
+                                   headers=_bearer(_token(backends.signing_key)))
+    assert service_404.status_code == 404
+    assert sorted(service_404.json()) == ["code", "details", "message"]
+    assert sorted(route_404.json()) == sorted(service_404.json())
+    assert sorted(token_401.json()) == sorted(service_404.json())
+
+
+async def test_body_not_json_gets_advice(client, backends):
+    headers = {**_bearer(_token(backends.signing_key)), "content-type": "application/json"}
+    before = len(backends.calls.of("CreateProject"))
+    reply = await client.post("/v1/projects", content=b"name=demo", headers=headers)
+    assert reply.status_code == 400, reply.text
+    assert len(backends.calls.of("CreateProject")) == before
+    assert reply.json()["code"] == 3
+    assert "docs/api/aiswa.swagger.json" in reply.json()["message"]
 
 
 async def test_valid_token_forwards_claims(client, backends):
