@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,14 @@ class StateLayout:
         for private in (self.secrets, self.traces, self.archives):
             private.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(private, 0o700)
+        # Other users may open a log by name but not list the folder. Each log is
+        # readable by root and its writer only: supervisord's get mode 0640 from its
+        # umask, and logs written before that are closed to others here.
+        os.chmod(self.logs, 0o711)
+        for log in self.logs.iterdir():
+            mode = log.lstat().st_mode
+            if stat.S_ISREG(mode) and mode & 0o007:
+                os.chmod(log, stat.S_IMODE(mode) & ~0o007)
 
     def secret(self, name: str) -> str:
         """Return the secret stored as ``name``, creating it on first use (mode 0600)."""

@@ -43,6 +43,9 @@ def render_config(layout: StateLayout, programs: list[Program]) -> str:
         f"pidfile={layout.run / 'supervisord.pid'}",
         f"directory={layout.root.parent}",
         "logfile_maxbytes=10MB",
+        # supervisord writes every program's output, decision logs included, into
+        # files that other local users must not read. Each program keeps 022.
+        "umask=027",
         "nodaemon=false",
         "",
         "[rpcinterface:supervisor]",
@@ -67,6 +70,7 @@ def render_config(layout: StateLayout, programs: list[Program]) -> str:
             f"stopwaitsecs={program.stop_wait_seconds}",
             "stopasgroup=true",
             "killasgroup=true",
+            "umask=022",
             "redirect_stderr=true",
             f"stdout_logfile={layout.logs / (program.name + '.log')}",
             "stdout_logfile_maxbytes=20MB",
@@ -110,7 +114,10 @@ class Supervisor:
             self.ctl("reread")
             self.ctl("update")
             return
-        subprocess.run([self._supervisord, "-c", str(self.layout.supervisord_conf)], check=True)
+        # The umask is set here as well as in the configuration, because supervisord
+        # opens its own log before it applies the configuration's umask=.
+        subprocess.run([self._supervisord, "-c", str(self.layout.supervisord_conf)], check=True,
+                       umask=0o027)
         deadline = time.monotonic() + 15
         while not self.running():
             if time.monotonic() > deadline:

@@ -263,6 +263,12 @@ def test_workload_user_reads_only_own_keys(layout, mesh, users):
                  layout.traces / "spans.jsonl", layout.archives):
         denied = _as_user("vision", "cat", str(path))
         assert "Permission denied" in denied.stderr, (path, denied.stderr)
+    # Nor the logs: another program's output and decision log, a sidecar's access
+    # log, or the list of logs.
+    for path in (layout.logs / "projects.log", layout.logs / "opa-projects.log",
+                 mesh.sidecar_logs("projects")[1], layout.logs):
+        denied = _as_user("vision", "ls" if path == layout.logs else "cat", str(path))
+        assert "Permission denied" in denied.stderr, (path, denied.stderr)
     # OpenBao's CA certificate is public: every workload verifies OpenBao with it.
     ca = _as_user("vision", "cat", str(mesh.openbao.ca_cert))
     assert ca.returncode == 0, ca.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +23,9 @@ def supervisor(tmp_path) -> Iterator[Supervisor]:
         Program("sleeper", sleeper, 10),
         Program("waited", sleeper, 20),
         Program("broken", ["/nonexistent/aiswa-program"], 30),
+        Program("umask", [sys.executable, "-c",
+                          "'import os, time; print(oct(os.umask(0)), flush=True); time.sleep(60)'"],
+                40),
     ]
     layout.supervisord_conf.write_text(render_config(layout, programs))
     control = Supervisor(layout)
@@ -55,3 +59,30 @@ def test_start_failure_names_program_and_log(supervisor):
     message = str(failure.value)
     assert message.startswith("supervisord could not start broken: ")
     assert message.endswith("broken.log")
+
+
+def test_logs_closed_to_other_users(supervisor):
+    supervisor.start("umask")
+    log = supervisor.layout.logs / "umask.log"
+    deadline = time.monotonic() + 10
+    while not log.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # The program's own umask is the usual one, but the log it writes to is not world-readable.
+    assert log.read_text().strip() == "0o22"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o640
+    assert stat.S_IMODE((supervisor.layout.logs / "supervisord.log").stat().st_mode) == 0o640
+    assert stat.S_IMODE(supervisor.layout.logs.stat().st_mode) == 0o711
+
+
+def test_create_closes_older_logs(tmp_path):
+    layout = StateLayout(tmp_path / "s")
+    layout.create()
+    older = layout.logs / "projects.log"
+    older.write_text("written before the umask\n")
+    older.chmod(0o644)
+    private = layout.logs / "sidecar-projects-access.log"
+    private.write_text("")
+    private.chmod(0o600)
+    layout.create()
+    assert stat.S_IMODE(older.stat().st_mode) == 0o640
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
