@@ -66,6 +66,10 @@ def _print_roadmap(roadmap: dict[str, Any], top: int) -> None:
 
 def _wait(client: Client, run_id: str, timeout: float, quiet: bool) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
+    # On a terminal the progress line is rewritten in place. In a log, each
+    # change gets a line of its own, because carriage returns would pile up.
+    terminal = sys.stderr.isatty()
+    last_line = ""
     while True:
         run = client.run(run_id)
         if not quiet:
@@ -73,9 +77,14 @@ def _wait(client: Client, run_id: str, timeout: float, quiet: bool) -> dict[str,
             state = run["state"].removeprefix("RUN_STATE_").lower()
             # The total stays 0 until the worker reports its first batch of files.
             files = f"{done}/{total} files" if total else "counting files"
-            print(f"\r  {state:<10} {files:<20}", end="", file=sys.stderr, flush=True)
+            line = f"  {state:<10} {files:<20}"
+            if terminal:
+                print(f"\r{line}", end="", file=sys.stderr, flush=True)
+            elif line != last_line:
+                print(line.rstrip(), file=sys.stderr, flush=True)
+            last_line = line
         if run["state"] in _TERMINAL:
-            if not quiet:
+            if not quiet and terminal:
                 print(file=sys.stderr)
             return run
         if time.monotonic() > deadline:

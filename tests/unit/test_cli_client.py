@@ -81,23 +81,36 @@ def test_roadmap_heading_counts_items(capsys, count, heading):
     assert capsys.readouterr().out.splitlines()[0] == f"Roadmap of run r-1: {heading} best WSJF first"
 
 
-def test_progress_waits_for_file_count(capsys):
-    class Runs:
-        """A client whose run moves from unpacking to completed, one state per request."""
+class _Runs:
+    """A client whose run moves from counting files to completed, one state per request."""
 
-        def __init__(self) -> None:
-            self.states = [("RUN_STATE_RUNNING", 0, 0), ("RUN_STATE_RUNNING", 1, 3),
-                           ("RUN_STATE_COMPLETED", 3, 3)]
+    def __init__(self) -> None:
+        self.states = [("RUN_STATE_RUNNING", 0, 0), ("RUN_STATE_RUNNING", 1, 3),
+                       ("RUN_STATE_RUNNING", 1, 3), ("RUN_STATE_COMPLETED", 3, 3)]
 
-        def run(self, run_id: str) -> dict:
-            state, done, total = self.states.pop(0)
-            return {"run_id": run_id, "state": state, "files_done": done, "files_total": total}
+    def run(self, run_id: str) -> dict:
+        state, done, total = self.states.pop(0)
+        return {"run_id": run_id, "state": state, "files_done": done, "files_total": total}
 
-    run = _wait(Runs(), "r-1", timeout=30, quiet=False)
-    progress = [line.strip() for line in capsys.readouterr().err.split("\r") if line.strip()]
+
+def test_progress_on_terminal_rewrites_line(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    run = _wait(_Runs(), "r-1", timeout=30, quiet=False)
+    err = capsys.readouterr().err
+    progress = [line.strip() for line in err.split("\r") if line.strip()]
     assert run["state"] == "RUN_STATE_COMPLETED"
     assert progress == ["running    counting files", "running    1/3 files",
-                        "completed  3/3 files"]
+                        "running    1/3 files", "completed  3/3 files"]
+    assert err.count("\n") == 1
+
+
+def test_progress_in_log_one_line_per_change(capsys):
+    run = _wait(_Runs(), "r-1", timeout=30, quiet=False)
+    err = capsys.readouterr().err
+    assert run["state"] == "RUN_STATE_COMPLETED"
+    assert "\r" not in err
+    assert err.splitlines() == ["  running    counting files", "  running    1/3 files",
+                                "  completed  3/3 files"]
 
 
 @pytest.mark.parametrize("content, expected", [
