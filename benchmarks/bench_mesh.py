@@ -419,6 +419,11 @@ async def measure(bed: Bed, rate: float, count: int,
     return samples, failures
 
 
+def _ratio(part: float, whole: float) -> float | None:
+    # None (null in the JSON file) when the service's check cost nothing measurable.
+    return part / whole if whole > 0 else None
+
+
 def _summary(samples: dict[str, list[float]], failures: dict[str, list[str]], rate: float,
              denial: str) -> dict:
     figures = {}
@@ -445,8 +450,9 @@ def _summary(samples: dict[str, list[float]], failures: dict[str, list[str]], ra
         "latency": figures,
         "added_per_hop": added,
         # How the authorization's share of a hop compares when the sidecar decides.
-        "ext_authz_to_interceptor_p50": ((added["ext-authz"]["p50_ms"] - added["sidecars"]["p50_ms"])
-                                         / (added["mesh"]["p50_ms"] - added["sidecars"]["p50_ms"])),
+        "ext_authz_to_interceptor_p50": _ratio(
+            added["ext-authz"]["p50_ms"] - added["sidecars"]["p50_ms"],
+            added["mesh"]["p50_ms"] - added["sidecars"]["p50_ms"]),
         "denial": denial,
         # How much longer the same decision takes with httpx than with aiohttp.
         "opa_httpx_to_aiohttp_p50": figures["opa-httpx"]["p50_ms"] / figures["opa"]["p50_ms"],
@@ -474,9 +480,13 @@ def _table(result: dict) -> str:
                  else f"{'':>8} {'':>8}")
         rows.append(f"{path:<14} {figures['calls']:>6} {figures['failed']:>6} {figures['p50_ms']:>8.3f} "
                     f"{figures['p99_ms']:>8.3f} {extra}")
-    rows.append("the authorization adds "
-                f"{result['ext_authz_to_interceptor_p50']:.2f}x as much to a hop (p50) when the "
-                "sidecar queries OPA (ext-authz) as when the service does (mesh)")
+    ratio = result["ext_authz_to_interceptor_p50"]
+    if ratio is None:
+        rows.append("the service's check (mesh) added nothing over the sidecars at p50, so "
+                    "there is no ratio for the sidecar's (ext-authz)")
+    else:
+        rows.append(f"the authorization adds {ratio:.2f}x as much to a hop (p50) when the "
+                    "sidecar queries OPA (ext-authz) as when the service does (mesh)")
     rows.append(f"an OPA decision takes {result['opa_httpx_to_aiohttp_p50']:.2f}x as long (p50) "
                 "with httpx as with aiohttp")
     rows.append(f"an OPA with Go's default GOMAXPROCS takes "
