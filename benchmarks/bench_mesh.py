@@ -472,7 +472,9 @@ def _summary(samples: dict[str, list[float]], failures: dict[str, list[str]], ra
 
 
 def _table(result: dict) -> str:
-    rows = [f"mesh hop latency, {result['method']} at {result['rate_per_second']:.0f} calls/s",
+    load = result.get("load_average_before")
+    rows = [f"mesh hop latency, {result['method']} at {result['rate_per_second']:.0f} calls/s"
+            + (f", load average {load[0]:.2f} before the run" if load else ""),
             f"{'path':<14} {'calls':>6} {'failed':>6} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8}"]
     for path, figures in result["latency"].items():
         added = result["added_per_hop"].get(path)
@@ -504,6 +506,7 @@ async def _main(args: argparse.Namespace) -> None:
     if not EXT_AUTHZ_OPA.exists():
         raise SystemExit(f"{EXT_AUTHZ_OPA} is missing; run scripts/build-opa-ext-authz.sh "
                          "(make bench runs it)")
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="aiswa-bench-mesh-") as folder:
         bed = Bed(Path(folder))
         try:
@@ -513,6 +516,9 @@ async def _main(args: argparse.Namespace) -> None:
         finally:
             bed.stop()
     result = _summary(samples, failures, args.rate, denial)
+    # Other load on the machine shows first in the p99 figures.
+    result["load_average_before"] = load_before
+    result["load_average_after"] = os.getloadavg()
     out = ROOT / ".state" / "bench" / "mesh.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

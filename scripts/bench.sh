@@ -7,6 +7,13 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 py="$root/.state/venv/bin/python"
 
+# The benchmarks start their own servers. A running platform adds load that shows
+# mostly in the p99 figures, so warn about it.
+pid_file="$root/.state/run/supervisord.pid"
+if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+  echo "bench: warning: the platform is up; its load raises the p99 figures. Run \`make down\` first for figures comparable with docs/benchmarks.md" >&2
+fi
+
 # bench_mesh.py compares the platform's decision path with one made in the sidecar.
 bash "$root/scripts/build-opa-ext-authz.sh"
 

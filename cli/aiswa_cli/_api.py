@@ -46,6 +46,7 @@ class Client:
 
     def __init__(self, base_url: str, ca_cert: str | None, token_file: Path) -> None:
         self.base_url = base_url.rstrip("/")
+        self.ca_cert = ca_cert
         self.token_file = token_file
         verify: Any = True
         if ca_cert:
@@ -78,9 +79,8 @@ class Client:
         headers = {"authorization": f"Bearer {self._token()}"} if auth else {}
         try:
             reply = self._http.request(method, path, json=body, headers=headers, params=params)
-        except httpx.ConnectError as exc:
-            raise ApiError(f"cannot reach the gateway at {self.base_url} ({exc}); is the "
-                           "platform up? `make up` starts it") from None
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
         if reply.status_code < 400:
             return reply.json() if reply.content else {}
         try:
@@ -95,6 +95,24 @@ class Client:
             raise ApiError(f"{method} {path} was rejected as unauthenticated "
                            f"({message.strip() or 401}); run `aiswa login`")
         raise ApiError(f"{method} {path} failed with HTTP {reply.status_code}: {message}")
+
+    def _transport_error(self, exc: httpx.TransportError) -> ApiError:
+        """Return the error for a request that got no HTTP reply, with what to check."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            trusted = self.ca_cert or "the system's CA certificates"
+            return ApiError(f"the gateway at {self.base_url} presented a certificate that "
+                            f"{trusted} does not verify ({reason}); pass --ca-cert with the "
+                            "platform's .state/pki/gateway-ca.pem")
+        if self.base_url.startswith("http://"):
+            return ApiError(f"the request to {self.base_url} failed ({reason}); the gateway "
+                            f"speaks HTTPS only, so use --api-url {DEFAULT_URL} or the https "
+                            "address that `make up` printed")
+        if isinstance(exc, httpx.ConnectError):
+            return ApiError(f"cannot reach the gateway at {self.base_url} ({reason}); is the "
+                            "platform up? `make up` starts it")
+        return ApiError(f"the request to {self.base_url} failed ({reason}); `aiswa check` "
+                        "shows whether the gateway is healthy")
 
     def login(self, api_key: str) -> dict[str, Any]:
         reply = self.request("POST", "/v1/auth/token", body={"api_key": api_key}, auth=False)

@@ -328,8 +328,8 @@ def _https_listener(
 _LOCAL_REPLY_CODES: dict[int, tuple[int, str]] = {
     # The transcoder's messages name an invalid field or parameter, and those seen end with a
     # period. For a body that is not JSON, the message is the parser's, such as "Unexpected token."
-    400: (3, "Send the method's request message as a JSON object, as in "
-             "docs/api/aiswa.swagger.json."),
+    400: (3, "Send the method's request fields, in the JSON body or as query parameters, "
+             "with the names and types in docs/api/aiswa.swagger.json."),
     401: (16, "Get a token with POST /v1/auth/token and send it as 'Authorization: Bearer TOKEN'."),
     413: (8, "Send a request body of at most {max_request_bytes} bytes."),
     # Envoy sent x-ratelimit-reset: 0 with the 1 s fill interval, so the advice does not use it.

@@ -513,6 +513,7 @@ async def test_unknown_query_parameter_rejected(client, backends):
     assert reply.status_code == 400
     assert reply.json()["code"] == 3
     assert "colour" in reply.json()["message"]
+    assert "as query parameters" in reply.json()["message"]
 
 
 async def test_unknown_path_returns_404(client, backends):

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import ssl
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,6 +36,69 @@ def test_garbage_ca_file_is_named(tmp_path, capsys):
     code = main(["--ca-cert", str(garbage), "status", "00000000-0000-0000-0000-000000000000"])
     assert code == 1
     assert f"cannot use {garbage}" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def _listener(tls: ssl.SSLContext | None) -> Iterator[int]:
+    """Accept connections on a loopback port: a TLS handshake with ``tls``, or none, then close."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with contextlib.suppress(OSError), connection:
+                if tls is not None:
+                    tls.wrap_socket(connection, server_side=True).close()
+                else:
+                    connection.recv(4096)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        thread.join(timeout=5)
+
+
+def test_http_url_gets_https_advice(tmp_path, capsys):
+    # As when a user writes http:// for the gateway's TLS port, which closes the connection.
+    with _listener(None) as port:
+        code = main(["--api-url", f"http://127.0.0.1:{port}", "--token-file",
+                     str(_saved_token(tmp_path)), "status", "r-1"])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in error
+    assert "RemoteProtocolError" in error
+    assert "the gateway speaks HTTPS only" in error
+
+
+def test_untrusted_gateway_certificate_names_ca(tmp_path, capsys):
+    gateway_ca, other_ca = CertificateAuthority("gateway CA"), CertificateAuthority("other CA")
+    credentials = gateway_ca.issue("gateway", "aiswa")
+    (tmp_path / "cert.pem").write_bytes(credentials.cert_pem)
+    (tmp_path / "key.pem").write_bytes(credentials.key_pem)
+    (tmp_path / "other-ca.pem").write_bytes(other_ca.cert_pem)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    with _listener(tls) as port:
+        code = main(["--api-url", f"https://127.0.0.1:{port}", "--ca-cert",
+                     str(tmp_path / "other-ca.pem"), "--token-file", str(_saved_token(tmp_path)),
+                     "status", "r-1"])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert f"{tmp_path / 'other-ca.pem'} does not verify" in error
+    assert ".state/pki/gateway-ca.pem" in error
+    assert "is the platform up" not in error
+
+
+def _saved_token(tmp_path) -> Path:
+    token = tmp_path / "token.json"
+    token.write_text(json.dumps({"access_token": "t", "expires_at": time.time() + 600}))
+    return token
 
 
 def test_help_lists_platform_commands():
