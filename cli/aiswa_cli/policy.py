@@ -13,6 +13,7 @@ Neither command talks to the gateway: both read the files of this repository.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ TOPOLOGY_FILE = ROOT / "mesh" / "topology.yaml"
 # Path of data.aiswa.topology under the policy folder. OPA loads a data file at
 # the path of its folder under the loaded root, whatever the file's name.
 TOPOLOGY_DATA = Path("aiswa") / "topology" / "data.json"
+MATRIX_FILE = POLICY_DIR / "expected_matrix.yaml"
 DECISION = "data.aiswa.authz.result"
 ROLES = ("viewer", "maintainer", "admin")
 # The Envoy edge gateway has no entry under `workloads`, so its service account
@@ -88,9 +90,30 @@ def full_method(method: str, destination: str, topology: dict[str, Any]) -> str:
         raise PolicyError(
             f"method {method!r} is not a full name like /aiswa.users.v1.UsersService/"
             f"GetUser, and destination {destination!r} is not in {TOPOLOGY_FILE.name} "
-            "to expand it from"
+            f"to expand it from; its workloads are {', '.join(sorted(topology['workloads']))}"
         )
     return f"/{workload['grpc_service']}/{method}"
+
+
+def unknown_call_notes(destination: str, method: str,
+                       matrix_file: Path = MATRIX_FILE) -> list[str]:
+    """Return notes on a destination or method that no workload serves, with the nearest names.
+
+    The expectation matrix lists every method that each workload serves (aiswa
+    check fails when it misses one). The policy still decides such a call, for
+    instance to test how it treats an unknown method, so these are notes only.
+    """
+    served = yaml.safe_load(matrix_file.read_text())["expected_matrix"]["destinations"]
+    if destination not in served:
+        return [f"destination {destination!r} is not a workload; the workloads are "
+                f"{', '.join(sorted(served))}"]
+    methods = list(served[destination])
+    if method in methods:
+        return []
+    note = f"{destination} does not serve {method}"
+    nearest = difflib.get_close_matches(method, methods, n=1, cutoff=0.8)
+    return [note + (f"; did you mean {nearest[0]}?" if nearest else
+                    f"; it serves {', '.join(methods)}")]
 
 
 def opa_binary(explicit: str | None = None) -> str:
@@ -192,8 +215,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     topology = yaml.safe_load(TOPOLOGY_FILE.read_text())
     if args.role is not None and args.role not in ROLES:
         raise PolicyError(f"--role {args.role!r} is invalid; use one of {', '.join(ROLES)}")
+    method = full_method(args.method, args.destination, topology)
     document = build_input(identity_dns(args.caller, topology["namespace"]), args.destination,
-                           full_method(args.method, args.destination, topology), args.role)
+                           method, args.role)
+    for note in unknown_call_notes(args.destination, method):
+        print(f"note: {note}", file=sys.stderr)
     output = evaluate(document, opa=opa, policy_dir=args.policy_dir, explain="full")
     decision = decision_of(output)
     print(f"{'allow' if decision['allow'] is True else 'deny'}: {decision['reason']}")

@@ -193,3 +193,39 @@ def test_explain_rejects_unknown_role(capsys):
                           "--destination", "users", "--method", "GetUser"])
     assert status == 1
     assert "--role 'owner' is invalid" in capsys.readouterr().err
+
+
+def test_explain_notes_misspelled_method(capsys):
+    status = policy.main(["explain", "--caller", "gateway", "--role", "viewer",
+                          "--destination", "projects", "--method", "GetProjet"])
+    captured = capsys.readouterr()
+    # The policy still decides the call as sent.
+    assert status == 2
+    assert captured.out.startswith("deny: ")
+    assert captured.err == ("note: projects does not serve /aiswa.projects.v1.ProjectsService/"
+                            "GetProjet; did you mean /aiswa.projects.v1.ProjectsService/"
+                            "GetProject?\n")
+
+
+def test_explain_notes_unknown_destination(capsys):
+    status = policy.main(["explain", "--caller", "reflector", "--destination", "project",
+                          "--method", "/aiswa.projects.v1.ProjectsService/GetProject"])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error.startswith("note: destination 'project' is not a workload; the workloads are ")
+    assert "projects, reflector" in error
+
+
+def test_explain_bare_method_lists_workloads(capsys):
+    status = policy.main(["explain", "--caller", "reflector", "--destination", "project",
+                          "--method", "GetProject"])
+    error = capsys.readouterr().err
+    assert status == 1
+    assert "destination 'project' is not in topology.yaml" in error
+    assert "its workloads are dashboard, projects, reflector, users, vision" in error
+
+
+def test_explain_known_method_has_no_note(capsys):
+    policy.main(["explain", "--caller", "reflector", "--destination", "projects",
+                 "--method", "ReadArchive"])
+    assert capsys.readouterr().err == ""
