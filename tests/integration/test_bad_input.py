@@ -123,6 +123,13 @@ def test_malformed_api_key_rejected(http):
     assert "malformed" in reply.json()["message"]
 
 
+def test_missing_api_key_named(http):
+    reply = http.post("/v1/auth/token", json={})
+    assert reply.status_code == 400
+    assert reply.json()["code"] == 3
+    assert reply.json()["message"].startswith("api_key is missing; send ")
+
+
 def test_revoked_api_key_rejected(admin, http):
     me = admin.request("GET", "/v1/users/me")
     key = admin.request("POST", f"/v1/users/{me['user_id']}/api-keys", body={"name": "revoke"})

@@ -54,6 +54,11 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
         self._token_ttl = token_ttl_seconds
 
     async def CreateToken(self, request: users_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext) -> users_pb2.CreateTokenResponse:
+        if not request.api_key:
+            raise invalid_argument(
+                'api_key is missing; send {"api_key": "aiswa_..."} with the API key that was '
+                "printed when it was created"
+            )
         parts = split_api_key(request.api_key)
         if parts is None:
             raise unauthenticated(
