@@ -99,11 +99,16 @@ class Client:
     def _transport_error(self, exc: httpx.TransportError) -> ApiError:
         """Return the error for a request that got no HTTP reply, with what to check."""
         reason = f"{type(exc).__name__}: {exc}"
+        # OpenSSL's message starts with "Hostname mismatch" or "IP address mismatch".
+        if "mismatch, certificate is not valid for" in str(exc):
+            return ApiError(f"the gateway's certificate does not name the host of "
+                            f"{self.base_url} ({reason}); use the address that `make up` "
+                            f"printed, e.g. --api-url {DEFAULT_URL}")
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
             trusted = self.ca_cert or "the system's CA certificates"
-            return ApiError(f"the gateway at {self.base_url} presented a certificate that "
-                            f"{trusted} does not verify ({reason}); pass --ca-cert with the "
-                            "platform's .state/pki/gateway-ca.pem")
+            return ApiError(f"the gateway at {self.base_url} presented a certificate that is "
+                            f"not signed by a CA in {trusted} ({reason}); pass --ca-cert with "
+                            "the platform's .state/pki/gateway-ca.pem")
         if self.base_url.startswith("http://"):
             return ApiError(f"the request to {self.base_url} failed ({reason}); the gateway "
                             f"speaks HTTPS only, so use --api-url {DEFAULT_URL} or the https "

@@ -77,22 +77,37 @@ def test_http_url_gets_https_advice(tmp_path, capsys):
 
 
 def test_untrusted_gateway_certificate_names_ca(tmp_path, capsys):
-    gateway_ca, other_ca = CertificateAuthority("gateway CA"), CertificateAuthority("other CA")
-    credentials = gateway_ca.issue("gateway", "aiswa")
+    trusted = CertificateAuthority("other CA")
+    code, error = _status_over_tls(tmp_path, capsys, CertificateAuthority("gateway CA"), trusted)
+    assert code == 1
+    assert f"not signed by a CA in {tmp_path / 'trusted-ca.pem'}" in error
+    assert ".state/pki/gateway-ca.pem" in error
+    assert "is the platform up" not in error
+
+
+def test_certificate_for_other_host_names_address(tmp_path, capsys):
+    # A certificate from the trusted CA, for a name that is not the URL's host.
+    gateway_ca = CertificateAuthority("gateway CA")
+    code, error = _status_over_tls(tmp_path, capsys, gateway_ca, gateway_ca)
+    assert code == 1
+    assert "the gateway's certificate does not name the host of" in error
+    assert "--api-url https://127.0.0.1:8443" in error
+
+
+def _status_over_tls(tmp_path, capsys, server_ca: CertificateAuthority,
+                     trusted_ca: CertificateAuthority) -> tuple[int, str]:
+    """Run `aiswa status` against a TLS server whose mesh certificate (no IP SAN) is from server_ca."""
+    credentials = server_ca.issue("gateway", "aiswa")
     (tmp_path / "cert.pem").write_bytes(credentials.cert_pem)
     (tmp_path / "key.pem").write_bytes(credentials.key_pem)
-    (tmp_path / "other-ca.pem").write_bytes(other_ca.cert_pem)
+    (tmp_path / "trusted-ca.pem").write_bytes(trusted_ca.cert_pem)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     with _listener(tls) as port:
         code = main(["--api-url", f"https://127.0.0.1:{port}", "--ca-cert",
-                     str(tmp_path / "other-ca.pem"), "--token-file", str(_saved_token(tmp_path)),
-                     "status", "r-1"])
-    error = capsys.readouterr().err
-    assert code == 1
-    assert f"{tmp_path / 'other-ca.pem'} does not verify" in error
-    assert ".state/pki/gateway-ca.pem" in error
-    assert "is the platform up" not in error
+                     str(tmp_path / "trusted-ca.pem"), "--token-file",
+                     str(_saved_token(tmp_path)), "status", "r-1"])
+    return code, capsys.readouterr().err
 
 
 def _saved_token(tmp_path) -> Path:
