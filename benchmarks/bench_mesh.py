@@ -17,7 +17,8 @@ fixed request rate:
   (benchmarks/opa-ext-authz, standing in for OPA's Envoy plugin), which decides
   with the same policy and input and logs the decision the same way. This is
   where a user of Envoy and OPA would first put the check. It cannot be the
-  platform's, because Linkerd's proxy has no such hook (../shared/ARCHITECTURE.md).
+  platform's, because Linkerd's proxy, the sidecar on Kubernetes, has no such
+  hook.
 - opa: the interceptor's decision alone (an HTTP POST to the local OPA with
   aiohttp), timed in this process.
 - opa-httpx: the same POST with httpx, the client the interceptor used before
@@ -253,13 +254,11 @@ def _ext_authz_command(http_port: int, grpc_port: int) -> list[str]:
     It is the platform's OPA command line, decision log included, plus the
     ext_authz gRPC listener.
     """
-    command = opa_command(str(EXT_AUTHZ_OPA), ("127.0.0.1", http_port))
-    policies = command.pop()
-    return [*command,
-            "--set", f"plugins.aiswa_ext_authz.addr=127.0.0.1:{grpc_port}",
-            "--set", "plugins.aiswa_ext_authz.destination=projects",
-            "--set", f"plugins.aiswa_ext_authz.claims_header={JWT_PAYLOAD_HEADER}",
-            policies]
+    return opa_command(str(EXT_AUTHZ_OPA), ("127.0.0.1", http_port), (
+        f"plugins.aiswa_ext_authz.addr=127.0.0.1:{grpc_port}",
+        "plugins.aiswa_ext_authz.destination=projects",
+        f"plugins.aiswa_ext_authz.claims_header={JWT_PAYLOAD_HEADER}",
+    ))
 
 
 def _add_ext_authz(config_path: Path, grpc_port: int) -> None:
@@ -269,22 +268,22 @@ def _add_ext_authz(config_path: Path, grpc_port: int) -> None:
     the interceptor's default deadline of 250 ms.
     """
     config = yaml.safe_load(config_path.read_text())
-    for listener in config["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for network_filter in chain["filters"]:
-                if (listener["name"] == INBOUND_LISTENER and network_filter["name"]
-                        == "envoy.filters.network.http_connection_manager"):
-                    network_filter["typed_config"]["http_filters"].insert(0, {
-                        "name": "envoy.filters.http.ext_authz",
-                        "typed_config": {
-                            "@type": _TYPE_PREFIX
-                            + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                            "transport_api_version": "V3",
-                            "grpc_service": {"envoy_grpc": {"cluster_name": "opa_ext_authz"},
-                                             "timeout": "0.25s"},
-                            "failure_mode_allow": False,
-                        },
-                    })
+    inbound = next(listener for listener in config["static_resources"]["listeners"]
+                   if listener["name"] == INBOUND_LISTENER)
+    for chain in inbound["filter_chains"]:
+        for network_filter in chain["filters"]:
+            if network_filter["name"] == "envoy.filters.network.http_connection_manager":
+                network_filter["typed_config"]["http_filters"].insert(0, {
+                    "name": "envoy.filters.http.ext_authz",
+                    "typed_config": {
+                        "@type": _TYPE_PREFIX
+                        + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                        "transport_api_version": "V3",
+                        "grpc_service": {"envoy_grpc": {"cluster_name": "opa_ext_authz"},
+                                         "timeout": "0.25s"},
+                        "failure_mode_allow": False,
+                    },
+                })
     config["static_resources"]["clusters"].append({
         "name": "opa_ext_authz",
         "type": "STATIC",

@@ -31,6 +31,9 @@ import (
 // PluginName is the key of this plugin's configuration under "plugins".
 const PluginName = "aiswa_ext_authz"
 
+// identityDomain ends every workload's DNS identity, as in l5d-client-id.
+const identityDomain = ".serviceaccount.identity.linkerd.cluster.local"
+
 // Config of the plugin, under plugins.aiswa_ext_authz in OPA's configuration.
 type Config struct {
 	// Addr is host:port or unix:///path of the gRPC listener.
@@ -81,7 +84,7 @@ type Plugin struct {
 
 // Start listens and serves the Authorization service in the background.
 func (p *Plugin) Start(context.Context) error {
-	p.gateway = "gateway." + p.config.Namespace + ".serviceaccount.identity.linkerd.cluster.local"
+	p.gateway = "gateway." + p.config.Namespace + identityDomain
 	p.manager.RegisterCompilerTrigger(p.compilerUpdated)
 	network, address := "tcp", p.config.Addr
 	if strings.HasPrefix(address, "unix://") {
@@ -117,12 +120,20 @@ func (p *Plugin) compilerUpdated(storage.Transaction) {
 	p.mu.Unlock()
 }
 
+// query returns the prepared decision query, preparing it after a policy change.
 func (p *Plugin) query(ctx context.Context, txn storage.Transaction) (*rego.PreparedEvalQuery, error) {
 	p.mu.RLock()
 	prepared := p.prepared
 	p.mu.RUnlock()
 	if prepared != nil {
 		return prepared, nil
+	}
+	// Prepared under the write lock, so that a policy change during the
+	// preparation cannot be overwritten by a query of the older policy.
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.prepared != nil {
+		return p.prepared, nil
 	}
 	query, err := rego.New(
 		rego.Query(p.config.Query),
@@ -134,9 +145,7 @@ func (p *Plugin) query(ctx context.Context, txn storage.Transaction) (*rego.Prep
 	if err != nil {
 		return nil, err
 	}
-	p.mu.Lock()
 	p.prepared = &query
-	p.mu.Unlock()
 	return &query, nil
 }
 
@@ -149,7 +158,7 @@ func dnsIdentity(principal string) string {
 	if len(parts) != 5 || parts[1] != "ns" || parts[3] != "sa" {
 		return ""
 	}
-	return parts[4] + "." + parts[2] + ".serviceaccount.identity.linkerd.cluster.local"
+	return parts[4] + "." + parts[2] + identityDomain
 }
 
 // Check decides one call. A denial, also when no decision could be made,
@@ -164,7 +173,9 @@ func (p *Plugin) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		if header := http.GetHeaders()[p.config.ClaimsHeader]; header != "" {
 			claims, err := decodeClaims(header)
 			if err != nil {
-				return deny(fmt.Sprintf("the gateway's %s header is invalid: %v", p.config.ClaimsHeader, err)), nil
+				reason := fmt.Sprintf("the gateway's %s header is invalid: %v", p.config.ClaimsHeader, err)
+				p.manager.Logger().Warn("ext_authz: call to %s denied: %s", http.GetPath(), reason)
+				return deny(reason), nil
 			}
 			input["claims"] = claims
 		}
@@ -180,8 +191,9 @@ func (p *Plugin) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}}, nil
 }
 
+// decide evaluates the query for input and logs the decision the way OPA's
+// Data API does. An error means that no decision was made.
 func (p *Plugin) decide(ctx context.Context, input map[string]any, started time.Time) (bool, string, error) {
-	// Evaluate, then log the decision the way OPA's Data API does.
 	txn, err := p.manager.Store.NewTransaction(ctx)
 	if err != nil {
 		return false, "", err

@@ -99,7 +99,7 @@ class Client:
     def _transport_error(self, exc: httpx.TransportError) -> ApiError:
         """Return the error for a request that got no HTTP reply, with what to check."""
         reason = f"{type(exc).__name__}: {exc}"
-        # OpenSSL's message starts with "Hostname mismatch" or "IP address mismatch".
+        # OpenSSL's message contains "Hostname mismatch, ..." or "IP address mismatch, ...".
         if "mismatch, certificate is not valid for" in str(exc):
             return ApiError(f"the gateway's certificate does not name the host of "
                             f"{self.base_url} ({reason}); use the address that `make up` "

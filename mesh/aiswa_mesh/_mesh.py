@@ -24,18 +24,21 @@ from .openbao import DEFAULT_BOUND_CIDRS, OpenBao, wait_for_identity
 OPA_ENVIRONMENT = {"GOMAXPROCS": "1"}
 
 
-def opa_command(opa_binary: str, address: tuple[str, int]) -> list[str]:
+def opa_command(opa_binary: str, address: tuple[str, int],
+                settings: tuple[str, ...] = ()) -> list[str]:
     """Return the command line of a workload's OPA, serving policies/rego/ at ``address``.
 
     OPA reloads a policy or data file when it changes (--watch) and logs every
     decision as a JSON line to its standard output. Its HTTP access log is at
     debug level, so hidden: at info it adds two lines to every decision.
+    Each of ``settings`` ("key=value") becomes one more ``--set``.
     """
     host, port = address
     return [opa_binary, "run", "--server", "--addr", f"{host}:{port}",
             "--skip-version-check", "--watch", "--log-format", "json",
             "--log-level-request", "debug",
             "--set", "decision_logs.console=true",
+            *(argument for setting in settings for argument in ("--set", setting)),
             str(ROOT / "policies" / "rego")]
 
 
