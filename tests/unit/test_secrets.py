@@ -664,6 +664,37 @@ async def test_service_exits_when_credentials_lost() -> None:
     assert exit_info.value.code == EXIT_CREDENTIALS_LOST
 
 
+async def test_supervisor_restarts_job_after_stray_cancel() -> None:
+    """A CancelledError that no caller requested restarts the job, but a real cancel stops it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    service = Service(ServiceConfig(service="secrets-test", grpc_host="127.0.0.1",
+                                    grpc_port=0, state_dir=Path("."), database_url=None,
+                                    amqp_url=None))
+    root.handlers[:], root.level = handlers, level
+    runs: list[str] = []
+    second_run = asyncio.Event()
+
+    async def job() -> None:
+        if not runs:
+            runs.append("failed by its connection")
+            # How aiormq fails the writes of a connection closed with CancelledError.
+            write = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(write.set_exception, asyncio.CancelledError())
+            await write
+        runs.append("restarted")
+        second_run.set()
+        await asyncio.Event().wait()  # runs until the service stops
+
+    supervisor = asyncio.create_task(service._supervise(job))
+    await asyncio.wait_for(second_run.wait(), 10)
+    assert runs == ["failed by its connection", "restarted"]
+    supervisor.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await supervisor
+    assert runs == ["failed by its connection", "restarted"]
+
+
 # --- PostgreSQL --------------------------------------------------------------
 
 
@@ -932,6 +963,52 @@ async def test_broker_recovers_after_revocation(openbao: OpenBaoDev,
     finally:
         await broker.close()
         await credentials.aclose()
+
+
+async def test_consumer_survives_close_during_ack(rabbitmq: PrivateRabbitMQ,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A login switch closes the connection while the consumer acks a message.
+
+    aiormq fails the pending ack with the close's reason (here a bare
+    ``Exception``, and in a switch ``CancelledError``). If that failure ended
+    the consumer task, the service would consume no more.
+    """
+    queue = "secrets.ack-race"
+    connection = await aio_pika.connect(rabbitmq.admin_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(queue, durable=True)
+        for number in range(1, 6):
+            await channel.default_exchange.publish(
+                aio_pika.Message(json.dumps({"n": number}).encode(),
+                                 message_id=f"race-{number}"), routing_key=queue)
+    broker = Broker(rabbitmq.admin_url, "secrets-test")
+    await broker.connect()
+    received: list[int] = []
+
+    async def handle(payload: dict[str, Any], _message: Any) -> None:
+        received.append(payload["n"])
+        if len(received) == 1:
+            # Close while the consumer acks this message.
+            assert broker.connection is not None and broker.connection.transport is not None
+            asyncio.ensure_future(broker.connection.transport.connection.close())
+            await asyncio.sleep(0)
+
+    consumer = asyncio.create_task(broker.consume(queue, handle, prefetch=1))
+    try:
+        with caplog.at_level(logging.WARNING, logger="aiswa_runtime._amqp"):
+            await async_wait_until(lambda: set(received) >= {1, 2, 3, 4, 5} or consumer.done(),
+                                   30, f"only {sorted(received)} received")
+        assert not consumer.done(), f"the consumer ended: {consumer}"
+        # Message 1 came twice: its ack was lost with the connection.
+        assert received.count(1) == 2
+        assert [record.message_id for record in caplog.records  # type: ignore[attr-defined]
+                if record.name == "aiswa_runtime._amqp"
+                and str(record.msg).startswith("acknowledgement not sent")] == ["race-1"]
+    finally:
+        consumer.cancel()
+        await asyncio.wait([consumer], timeout=15)
+        await broker.close()
 
 
 def test_fatal_signal_keeps_first_reason() -> None:

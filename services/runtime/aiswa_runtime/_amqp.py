@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind
 from yarl import URL
 
 from . import _metrics
+from ._errors import cancelled_from_outside
 from ._secrets import LeasedSecret, UsernamePassword
 from ._telemetry import extract_context, inject_headers
 from ._topology import load_topology
@@ -94,6 +95,7 @@ class Broker:
         self._publishing = 0
         self._publishing_done = asyncio.Event()
         self._publishing_done.set()
+        self._closing = False
 
     def _login_url(self, login: UsernamePassword | None = None) -> URL:
         url = URL(self._url)
@@ -357,6 +359,11 @@ class Broker:
         async with source.iterator() as messages:
             async for message in messages:
                 await self._handle(queue, message, handler, max_attempts, on_dead_letter)
+        if not self._closing:
+            # aio-pika ends the iteration when the channel stays down for a
+            # minute. Raise, so that the service's supervisor consumes again.
+            raise ConnectionError(f"{self._service}: consuming {queue!r} stopped while the "
+                                  "broker was open; RabbitMQ may be down (`make status`)")
 
     async def _handle(
         self,
@@ -389,8 +396,17 @@ class Broker:
                                         payload, on_dead_letter)
                 return
             except asyncio.CancelledError:
+                if cancelled_from_outside():
+                    await _settle(message.nack(requeue=True), queue, message)
+                    raise
+                # The connection closed under the handler (see
+                # cancelled_from_outside), and the consumer goes on. The nack
+                # fails harmlessly on a closed channel, whose unacknowledged
+                # messages RabbitMQ delivers again anyway.
+                log.warning("the connection closed while the handler ran; requeueing",
+                            extra={"queue": queue, "message_id": message.message_id})
                 await _settle(message.nack(requeue=True), queue, message)
-                raise
+                return
             except Exception as exc:
                 if attempt >= max_attempts:
                     log.exception("message failed on its last attempt",
@@ -447,6 +463,7 @@ class Broker:
                   extra={"queue": queue, "message_id": message.message_id, "reason": reason})
 
     async def close(self) -> None:
+        self._closing = True
         if self.connection is not None:
             await self.connection.close()
 
@@ -456,12 +473,22 @@ async def _settle(settlement: Awaitable[Any], queue: str, message: AbstractIncom
 
     RabbitMQ requeues every unacknowledged message of a closed channel, so the
     message is delivered again and the consumer must tolerate the duplicate.
+    aiormq fails a write still pending at the close with the close's reason:
+    an AMQP error, a bare ``Exception``, or a ``CancelledError`` that no one
+    requested (see :func:`cancelled_from_outside`). Letting any of them out
+    would end the consumer, and the service would consume no more.
     """
     try:
         await settlement
-    except _CLOSED_CHANNEL_ERRORS as exc:
-        log.warning("acknowledgement not sent: the channel closed; RabbitMQ delivers the "
-                    "message again", extra={"queue": queue, "message_id": message.message_id,
-                                            "error": repr(exc)})
-        return False
-    return True
+    except asyncio.CancelledError as exc:
+        if cancelled_from_outside():
+            raise
+        error: BaseException = exc
+    except Exception as exc:  # noqa: BLE001 - see above; the message comes again
+        error = exc
+    else:
+        return True
+    log.warning("acknowledgement not sent: the channel closed; RabbitMQ delivers the "
+                "message again", extra={"queue": queue, "message_id": message.message_id,
+                                        "error": repr(error)})
+    return False

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 
@@ -38,3 +40,16 @@ def failed_precondition(message: str) -> ServiceError:
 
 def unavailable(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def cancelled_from_outside() -> bool:
+    """Whether the running task is being cancelled, as opposed to failed by a closed connection.
+
+    aiormq fails every pending write of a connection that closes with
+    ``CancelledError`` as the reason, and a robust connection's
+    ``reconnect()`` (which a login switch calls) closes it so. An ack or a
+    publish waiting for its write then raises ``CancelledError`` in a task that
+    no caller cancelled. Only a real ``Task.cancel()`` raises the count below.
+    """
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0

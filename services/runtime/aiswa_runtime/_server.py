@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from . import _metrics
 from ._authz import authorization_interceptor_from_env
 from ._config import ServiceConfig
-from ._errors import ServiceError
+from ._errors import ServiceError, cancelled_from_outside
 from ._logging import caller_var, configure_logging, request_id_var
 from ._telemetry import configure_tracing, shutdown_tracing
 
@@ -296,11 +296,16 @@ class Service:
                 await job()
                 return
             except asyncio.CancelledError:
-                raise
+                if cancelled_from_outside():
+                    raise
+                # Not a shutdown: a closed connection failed one of the job's
+                # waits (see cancelled_from_outside).
+                log.warning("background job ended by a closed connection; restarting",
+                            extra={"delay": delay})
             except Exception:
                 log.exception("background job failed; restarting", extra={"delay": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def _version() -> str:
