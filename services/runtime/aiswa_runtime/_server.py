@@ -237,7 +237,7 @@ class Service:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
-        tasks = [asyncio.create_task(self._supervise(job)) for job in self._background]
+        tasks = [asyncio.create_task(supervise(job)) for job in self._background]
         for name in self._service_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -287,25 +287,28 @@ class Service:
             return self._fatal.reason
         return None
 
-    async def _supervise(self, job: Callable[[], Awaitable[None]]) -> None:
-        # A background job that fails is restarted with a delay, so a broker
-        # outage pauses consumption instead of killing the process.
-        delay = 1.0
-        while True:
-            try:
-                await job()
-                return
-            except asyncio.CancelledError:
-                if cancelled_from_outside():
-                    raise
-                # Not a shutdown: a closed connection failed one of the job's
-                # waits (see cancelled_from_outside).
-                log.warning("background job ended by a closed connection; restarting",
-                            extra={"delay": delay})
-            except Exception:
-                log.exception("background job failed; restarting", extra={"delay": delay})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+
+async def supervise(job: Callable[[], Awaitable[None]]) -> None:
+    """Run a background job until it returns, and restart it with a delay when it fails.
+
+    So a broker outage pauses consumption instead of killing the process.
+    """
+    delay = 1.0
+    while True:
+        try:
+            await job()
+            return
+        except asyncio.CancelledError:
+            if cancelled_from_outside():
+                raise
+            # Not a shutdown: a closed connection failed one of the job's
+            # waits (see cancelled_from_outside).
+            log.warning("background job ended by a closed connection; restarting",
+                        extra={"delay": delay})
+        except Exception:
+            log.exception("background job failed; restarting", extra={"delay": delay})
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
 
 
 def _version() -> str:
