@@ -60,8 +60,12 @@ def _listener(tls: ssl.SSLContext | None) -> Iterator[int]:
     try:
         yield server.getsockname()[1]
     finally:
+        # close() alone does not wake a thread blocked in accept() on Linux.
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
         server.close()
         thread.join(timeout=5)
+        assert not thread.is_alive(), "the listener thread did not stop"
 
 
 def test_http_url_gets_https_advice(tmp_path, capsys):
