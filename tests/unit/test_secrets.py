@@ -23,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +41,12 @@ from aiswa_runtime import (
     Credentials,
     Service,
     ServiceConfig,
+    UnroutableMessage,
     command_database_url,
     command_migrate,
     open_pool,
 )
-from aiswa_runtime._amqp import declare_topology
+from aiswa_runtime._amqp import _settle, declare_topology
 from aiswa_runtime._secrets import FatalSignal, OpenBaoClient
 from aiswa_runtime._server import EXIT_CREDENTIALS_LOST, supervise
 
@@ -691,6 +693,35 @@ async def test_supervisor_restarts_job_after_stray_cancel() -> None:
     assert runs == ["failed by its connection", "restarted"]
 
 
+async def test_supervisor_stops_job_that_hides_cancel() -> None:
+    """A shutdown stops a job that turns its cancel into another error, as a failed close can."""
+    starts: list[int] = []
+    started = asyncio.Event()
+    hide_cancel = True
+
+    async def job() -> None:
+        starts.append(len(starts) + 1)
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if hide_cancel:
+                raise RuntimeError("basic.cancel failed: the connection is closing") from None
+            raise
+
+    supervisor = asyncio.create_task(supervise(job))
+    await asyncio.wait_for(started.wait(), 10)
+    supervisor.cancel()
+    try:
+        await asyncio.wait([supervisor], timeout=5)
+        assert supervisor.cancelled(), "the supervisor restarted the job instead of stopping"
+        assert starts == [1]
+    finally:
+        hide_cancel = False  # so that a failed run still ends
+        supervisor.cancel()
+        await asyncio.wait([supervisor], timeout=5)
+
+
 # --- PostgreSQL --------------------------------------------------------------
 
 
@@ -1004,6 +1035,30 @@ async def test_consumer_survives_close_during_ack(rabbitmq: PrivateRabbitMQ,
     finally:
         consumer.cancel()
         await asyncio.wait([consumer], timeout=15)
+        await broker.close()
+
+
+async def test_ack_stuck_in_write_is_given_up() -> None:
+    """An ack that waits for a write queue that no writer empties counts as not sent."""
+    never_written = asyncio.get_running_loop().create_future()
+    message = types.SimpleNamespace(message_id="stuck-1")
+    started = time.monotonic()
+    assert await _settle(never_written, "secrets.test", message, timeout=0.2) is False  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5
+
+
+async def test_unroutable_publish_raises(rabbitmq: PrivateRabbitMQ) -> None:
+    broker = Broker(rabbitmq.admin_url, "secrets-test")
+    await broker.connect()
+    try:
+        with pytest.raises(UnroutableMessage) as error:
+            await broker.publish("aiswa.tasks", "no-such-queue", {"n": 1},
+                                 message_id="lost-1")
+        assert "'lost-1'" in str(error.value)
+        assert "exchange 'aiswa.tasks' for routing key 'no-such-queue'" in str(error.value)
+        # The channel stays usable: a routable message still goes through.
+        await broker.publish("aiswa.events", "secrets.test", {"n": 2}, message_id="kept-2")
+    finally:
         await broker.close()
 
 

@@ -6,7 +6,7 @@ short-lived credentials from OpenBao, logging and tracing: written once,
 imported by every service.
 """
 
-from ._amqp import Broker, PoisonMessage
+from ._amqp import Broker, PoisonMessage, UnroutableMessage
 from ._auth import Claims, optional_user, require_user
 from ._client import Upstream, on_breaker_change, upstream_error
 from ._config import ConfigError, ServiceConfig
@@ -40,6 +40,7 @@ __all__ = [
     "ServiceError",
     "ServiceReporter",
     "Upstream",
+    "UnroutableMessage",
     "UsernamePassword",
     "command_database_url",
     "command_migrate",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,6 +23,8 @@ from ._topology import load_topology
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_EXCHANGE = "aiswa.dlx"
+# Seconds an ack or nack may wait to be written (see _settle).
+SETTLE_TIMEOUT = 15.0
 _tracer = trace.get_tracer("aiswa.amqp")
 
 # NOTE: waits below use asyncio.timeout, not asyncio.wait_for: on Python 3.11,
@@ -35,6 +38,10 @@ _CLOSED_CHANNEL_ERRORS = (
     aiormq.exceptions.AMQPConnectionError,
     ConnectionError,
 )
+
+
+class UnroutableMessage(Exception):
+    """RabbitMQ returned a published message because no queue is bound for its routing key."""
 
 
 class PoisonMessage(Exception):
@@ -128,7 +135,10 @@ class Broker:
                     ) from exc
                 log.warning("RabbitMQ not reachable yet; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)
-        self._channel = await self.connection.channel(publisher_confirms=True)
+        # on_return_raises: otherwise aiormq confirms a message that RabbitMQ
+        # returned as unroutable, and publish() would report it as sent.
+        self._channel = await self.connection.channel(publisher_confirms=True,
+                                                      on_return_raises=True)
         await self._check_topology(self._channel)
         if self._credentials is not None:
             self.connection.close_callbacks.add(self._on_connection_closed)
@@ -260,8 +270,9 @@ class Broker:
     ) -> None:
         """Publish a persistent JSON message; return once the broker confirmed it.
 
-        Raises when the broker rejects it or cannot route it to any queue
-        (``mandatory``), so a caller never reports a message as sent that is not.
+        Raises when the broker rejects it, or :class:`UnroutableMessage` when it
+        cannot route it to any queue (``mandatory``), so a caller never reports
+        a message as sent that is not.
         """
         with _tracer.start_as_current_span(
             f"{routing_key} publish", kind=SpanKind.PRODUCER,
@@ -288,7 +299,7 @@ class Broker:
         try:
             await self._publish_once(exchange, message, routing_key)
         except _CLOSED_CHANNEL_ERRORS as exc:
-            if self._credentials is None:
+            if self._credentials is None or self._closing:
                 raise
             log.warning("publish hit a closed channel; retrying once after reconnection",
                         extra={"exchange": exchange, "routing_key": routing_key,
@@ -310,7 +321,21 @@ class Broker:
         self._publishing_done.clear()
         try:
             target = await self.channel.get_exchange(exchange, ensure=False)
-            await target.publish(message, routing_key=routing_key, mandatory=True, timeout=10)
+            try:
+                await target.publish(message, routing_key=routing_key, mandatory=True,
+                                     timeout=10)
+            except aiormq.exceptions.PublishError:
+                raise UnroutableMessage(
+                    f"RabbitMQ returned message {message.message_id!r}: no queue is bound to "
+                    f"exchange {exchange!r} for routing key {routing_key!r}. The launcher "
+                    "declares the topology at `make up`; check mesh/topology.yaml") from None
+            except asyncio.CancelledError:
+                if cancelled_from_outside():
+                    raise
+                # The connection closed before the confirm (see cancelled_from_outside).
+                raise ConnectionError(
+                    f"the RabbitMQ connection closed before message {message.message_id!r} "
+                    "was confirmed") from None
         finally:
             self._publishing -= 1
             if self._publishing == 0:
@@ -326,6 +351,11 @@ class Broker:
         async def publish() -> None:
             try:
                 await self.publish("aiswa.events", routing_key, payload)
+            except asyncio.CancelledError:
+                log.warning("event not published: the connection closed",
+                            extra={"routing_key": routing_key})
+                if cancelled_from_outside():
+                    raise
             except Exception as exc:
                 log.warning("event not published", extra={"routing_key": routing_key,
                                                           "error": repr(exc)})
@@ -353,12 +383,20 @@ class Broker:
         owner of the work can record its failure.
         """
         channel = await self.connection.channel()  # type: ignore[union-attr]
-        await channel.set_qos(prefetch_count=prefetch)
-        source = await channel.declare_queue(queue, passive=True)
-        log.info("consuming", extra={"queue": queue, "prefetch": prefetch})
-        async with source.iterator() as messages:
-            async for message in messages:
-                await self._handle(queue, message, handler, max_attempts, on_dead_letter)
+        try:
+            await channel.set_qos(prefetch_count=prefetch)
+            source = await channel.declare_queue(queue, passive=True)
+            log.info("consuming", extra={"queue": queue, "prefetch": prefetch})
+            async with source.iterator() as messages:
+                async for message in messages:
+                    await self._handle(queue, message, handler, max_attempts, on_dead_letter)
+        finally:
+            # Closing the channel returns a message whose handling failed
+            # with an exception to the queue, and a restarted consumer opens
+            # a new channel. A close that fails or hangs must not stop a shutdown.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await channel.close()
         if not self._closing:
             # aio-pika ends the iteration when the channel stays down for a
             # minute. Raise, so that the service's supervisor consumes again.
@@ -464,11 +502,15 @@ class Broker:
 
     async def close(self) -> None:
         self._closing = True
+        for task in self._pending:
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
         if self.connection is not None:
             await self.connection.close()
 
 
-async def _settle(settlement: Awaitable[Any], queue: str, message: AbstractIncomingMessage) -> bool:
+async def _settle(settlement: Awaitable[Any], queue: str, message: AbstractIncomingMessage,
+                  timeout: float = SETTLE_TIMEOUT) -> bool:
     """Await an ack or nack; return False when the channel closed before it was sent.
 
     RabbitMQ requeues every unacknowledged message of a closed channel, so the
@@ -477,9 +519,12 @@ async def _settle(settlement: Awaitable[Any], queue: str, message: AbstractIncom
     an AMQP error, a bare ``Exception``, or a ``CancelledError`` that no one
     requested (see :func:`cancelled_from_outside`). Letting any of them out
     would end the consumer, and the service would consume no more.
+    An ack waits for room in aiormq's write queue, which a closed connection
+    never empties, so the wait is limited to ``timeout`` seconds.
     """
     try:
-        await settlement
+        async with asyncio.timeout(timeout):
+            await settlement
     except asyncio.CancelledError as exc:
         if cancelled_from_outside():
             raise
@@ -488,7 +533,7 @@ async def _settle(settlement: Awaitable[Any], queue: str, message: AbstractIncom
         error = exc
     else:
         return True
-    log.warning("acknowledgement not sent: the channel closed; RabbitMQ delivers the "
-                "message again", extra={"queue": queue, "message_id": message.message_id,
-                                        "error": repr(error)})
+    log.warning("acknowledgement not sent; RabbitMQ delivers the message again when its "
+                "channel closes", extra={"queue": queue, "message_id": message.message_id,
+                                         "error": repr(error)})
     return False

@@ -305,7 +305,10 @@ async def supervise(job: Callable[[], Awaitable[None]]) -> None:
             # waits (see cancelled_from_outside).
             log.warning("background job ended by a closed connection; restarting",
                         extra={"delay": delay})
-        except Exception:
+        except Exception as exc:
+            if cancelled_from_outside():
+                # The job turned a shutdown's cancel into another error.
+                raise asyncio.CancelledError from exc
             log.exception("background job failed; restarting", extra={"delay": delay})
         await asyncio.sleep(delay)
         delay = min(delay * 2, 30.0)
