@@ -291,7 +291,8 @@ class Service:
 async def supervise(job: Callable[[], Awaitable[None]]) -> None:
     """Run a background job until it returns, and restart it with a delay when it fails.
 
-    So a broker outage pauses consumption instead of killing the process.
+    With the restarts, a broker outage pauses consumption instead of killing
+    the process.
     """
     delay = 1.0
     while True:
