@@ -511,16 +511,16 @@ class Broker:
 
 async def _settle(settlement: Awaitable[Any], queue: str, message: AbstractIncomingMessage,
                   timeout: float = SETTLE_TIMEOUT) -> bool:
-    """Await an ack or nack; return False when the channel closed before it was sent.
+    """Await an ack or nack, and return False when it was not sent.
 
     RabbitMQ requeues every unacknowledged message of a closed channel, so the
     message is delivered again and the consumer must tolerate the duplicate.
-    aiormq fails a write still pending at the close with the close's reason:
-    an AMQP error, a bare ``Exception``, or a ``CancelledError`` that no one
-    requested (see :func:`cancelled_from_outside`). Letting any of them out
-    would end the consumer, and the service would consume no more.
-    An ack waits for room in aiormq's write queue, which a closed connection
-    never empties, so the wait is limited to ``timeout`` seconds.
+    aiormq fails a write still pending at a close with the reason of the
+    close: an AMQP error, a bare ``Exception``, or a ``CancelledError`` that no
+    caller requested (see :func:`cancelled_from_outside`). Any of them let out
+    would end the consumer. The write also waits for room in aiormq's write
+    queue, which nothing empties after a close, so the wait is limited to
+    ``timeout`` seconds.
     """
     try:
         async with asyncio.timeout(timeout):

@@ -43,13 +43,13 @@ def unavailable(message: str) -> ServiceError:
 
 
 def cancelled_from_outside() -> bool:
-    """Whether the running task is being cancelled, as opposed to failed by a closed connection.
+    """Return whether the running task is being cancelled, rather than failed by a closed connection.
 
-    aiormq fails every pending write of a connection that closes with
-    ``CancelledError`` as the reason, and a robust connection's
-    ``reconnect()`` (which a login switch calls) closes it so. An ack or a
-    publish waiting for its write then raises ``CancelledError`` in a task that
-    no caller cancelled. Only a real ``Task.cancel()`` raises the count below.
+    aiormq fails every pending write of a connection with the reason of its
+    close, and a robust connection's ``reconnect()`` (which a login switch
+    calls) closes with ``CancelledError``. An ack or a publish waiting for its
+    write then raises ``CancelledError`` in a task that no caller cancelled.
+    Only a real ``Task.cancel()`` raises the count that this reads.
     """
     task = asyncio.current_task()
     return task is None or task.cancelling() > 0
