@@ -5,13 +5,14 @@ STATE := $(ROOT)/.state
 PY := $(STATE)/venv/bin/python
 LAUNCHER := $(PY) -m aiswa_mesh.launcher
 
-.PHONY: help setup lock up down status logs demo test test-unit bench clean
+.PHONY: help setup lock up down status logs demo test test-unit chaos bench clean
 
 help:
 	@echo "make demo    start the platform and analyse a standard-library package"
 	@echo "make test    run the whole test suite (starts the platform, stops it after)"
 	@echo "make setup   install system packages, the Python environment, generated code"
 	@echo "make up | down | status | logs   run the platform under supervisord"
+	@echo "make chaos   stop each part of the platform in turn and measure the recovery (not in make test)"
 	@echo "make bench   run the benchmarks (engines, mesh latency, dashboard fan-out; not tests)"
 
 setup:
@@ -40,6 +41,9 @@ test: setup
 
 test-unit: setup
 	@$(PY) -m pytest -q tests/unit
+
+chaos: setup
+	@bash scripts/chaos.sh
 
 bench: setup
 	@bash scripts/bench.sh

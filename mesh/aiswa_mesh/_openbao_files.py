@@ -53,13 +53,22 @@ def ensure_private_dir(path: Path) -> Path:
 
 
 def write_file_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a temporary file created with ``mode``, then rename it over ``path``."""
+    """Write ``data`` to a temporary file created with ``mode``, then rename it over ``path``.
+
+    Run as root, the file is owned by the owner of its folder.
+    """
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as stream:
             # mkstemp creates the file with mode 0600, so a secret is never
             # readable by others, even before this chmod.
             os.fchmod(stream.fileno(), mode)
+            if os.geteuid() == 0:
+                # `make up` gives OpenBao's folder to OpenBao's user. Without
+                # this, `aiswa mesh render` as root would leave a config that
+                # OpenBao cannot read when it next starts.
+                folder = os.stat(path.parent)
+                os.fchown(stream.fileno(), folder.st_uid, folder.st_gid)
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())

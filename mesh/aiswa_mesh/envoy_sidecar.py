@@ -472,7 +472,8 @@ def _inbound_listener(
         # gRPC needs HTTP/2, and the TLS context offers only h2 in ALPN.
         "codec_type": "HTTP2",
         "access_log": [_request_log(access_log, INBOUND_LISTENER)],
-        "local_reply_config": _name_failing_hop(f"reported by the sidecar in front of {workload}"),
+        "local_reply_config": _name_failing_hop(
+            f"reported by the sidecar in front of {workload}: {workload} is not answering"),
         "route_config": {
             "name": INBOUND_LISTENER,
             "virtual_hosts": [{
@@ -622,16 +623,17 @@ def _outbound_listener(workload: str, upstream: str, local_port: int | Path,
 
 
 def _name_failing_hop(where: str) -> dict:
-    """Return a local reply config that adds ``where`` to the sidecar's own 503 replies.
+    """Return a local reply config that adds ``where`` and a next step to the sidecar's 503s.
 
     Envoy's text names no workload, and a call crosses two sidecars, so the
     caller could not tell which hop failed. For a gRPC call the text becomes
     grpc-message, and the gateway's transcoder passes it on to REST clients.
+    The supervisor restarts a workload that fails, so the next step is a retry.
     """
     return {"mappers": [{
         "filter": {"status_code_filter": _status_is(503, "aiswa_sidecar.local_503")},
         "body_format_override": {"text_format_source": {
-            "inline_string": f"%LOCAL_REPLY_BODY% ({where})"}},
+            "inline_string": f"%LOCAL_REPLY_BODY% ({where}; retry later)"}},
     }]}
 
 

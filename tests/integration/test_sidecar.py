@@ -496,7 +496,7 @@ async def test_outbound_rejects_wrong_server_identity(mesh: Mesh) -> None:
 
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value
     # The message names the hop that failed.
-    assert caught.value.details().endswith("(reported by the gateway sidecar, calling vision)")
+    assert caught.value.details().endswith("(reported by the gateway sidecar, calling vision; retry later)")
     assert mesh.impostor_app.calls == []
     assert await _stat(mesh.gateway, "cluster.outbound_vision.ssl.fail_verify_san") > failures_before
 
@@ -728,4 +728,5 @@ async def test_app_down_is_named_by_inbound(mesh: Mesh, tmp_path) -> None:
         _stop(sidecar.process)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value
     assert caught.value.details().startswith("upstream connect error")
-    assert caught.value.details().endswith("(reported by the sidecar in front of projects)")
+    assert caught.value.details().endswith(
+        "(reported by the sidecar in front of projects: projects is not answering; retry later)")

@@ -29,10 +29,16 @@ def task_payload(run: dict[str, Any]) -> dict[str, str]:
     }
 
 
-async def publish_task(broker: Broker, pool: AsyncConnectionPool, run: dict[str, Any]) -> dict[str, Any]:
-    """Publish a run's task and mark it queued once the broker confirmed it."""
+async def publish_task(broker: Broker, pool: AsyncConnectionPool, run: dict[str, Any], *,
+                       reconnect_wait: float | None = None) -> dict[str, Any]:
+    """Publish a run's task and mark it queued once the broker confirmed it.
+
+    ``reconnect_wait`` bounds the wait for a lost broker connection (see
+    Broker.publish).
+    """
     await broker.publish(
-        TASK_EXCHANGE, TASK_ROUTING_KEY, task_payload(run), message_id=str(run["run_id"])
+        TASK_EXCHANGE, TASK_ROUTING_KEY, task_payload(run), message_id=str(run["run_id"]),
+        reconnect_wait=reconnect_wait,
     )
     async with pool.connection() as conn:
         row = await (await conn.execute(

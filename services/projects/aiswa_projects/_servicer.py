@@ -29,6 +29,10 @@ from ._runs import publish_task
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
+# Seconds StartRun waits for a lost broker connection to come back, which is
+# enough for a credential switch's reconnection. In a longer outage the run
+# stays PENDING and republish_pending sends it, so the client need not wait.
+START_RUN_RECONNECT_WAIT = 5.0
 
 _RUN_STATES = {
     "pending": projects_pb2.RUN_STATE_PENDING,
@@ -219,7 +223,8 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServiceServicer):
                 (project_id, archive_id, claims.subject),
             )).fetchone()
         try:
-            run = await publish_task(self._broker, self._pool, run)
+            run = await publish_task(self._broker, self._pool, run,
+                                     reconnect_wait=START_RUN_RECONNECT_WAIT)
         except Exception as exc:
             log.error("task not confirmed by the broker; the run stays pending",
                       extra={"run_id": str(run["run_id"]), "error": repr(exc)})

@@ -267,12 +267,16 @@ class Broker:
         *,
         message_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        reconnect_wait: float | None = None,
     ) -> None:
         """Publish a persistent JSON message; return once the broker confirmed it.
 
         Raises when the broker rejects it, or :class:`UnroutableMessage` when it
         cannot route it to any queue (``mandatory``), so a caller never reports
-        a message as sent that is not.
+        a message as sent that is not. A publish that finds the connection
+        closed waits for the reconnection at most ``reconnect_wait`` seconds
+        (the login switch's timeout by default). A caller that has an outbox
+        and a waiting client passes less.
         """
         with _tracer.start_as_current_span(
             f"{routing_key} publish", kind=SpanKind.PRODUCER,
@@ -287,9 +291,11 @@ class Broker:
                 message_id=message_id,
                 headers=message_headers,
             )
-            await self._publish(exchange, message, routing_key)
+            await self._publish(exchange, message, routing_key,
+                                self._switch_timeout if reconnect_wait is None else reconnect_wait)
 
-    async def _publish(self, exchange: str, message: aio_pika.Message, routing_key: str) -> None:
+    async def _publish(self, exchange: str, message: aio_pika.Message, routing_key: str,
+                       reconnect_wait: float) -> None:
         """Publish with confirm.
 
         With leased credentials, a publish that hits a closed channel waits for
@@ -305,7 +311,7 @@ class Broker:
                         extra={"exchange": exchange, "routing_key": routing_key,
                                "message_id": message.message_id, "error": repr(exc)})
             try:
-                await self._wait_reconnected(self._switch_timeout)
+                await self._wait_reconnected(reconnect_wait)
             except TimeoutError:
                 raise exc from None
             await self._publish_once(exchange, message, routing_key)

@@ -14,6 +14,11 @@ from ._secrets import LeasedSecret, UsernamePassword
 
 log = logging.getLogger(__name__)
 
+# Seconds a call waits for a pooled connection (psycopg_pool's default is 30).
+# With the database down no connection comes, and the call should fail with
+# UNAVAILABLE well before the caller's own deadline (see _server._outage).
+ACQUIRE_TIMEOUT = 5.0
+
 
 def migrate(database_url: str, migrations: Path) -> list[str]:
     """Apply the pending migrations in ``migrations`` and return their ids."""
@@ -43,7 +48,7 @@ async def open_pool(database_url: str, *, credentials: LeasedSecret | None = Non
                                   max_size=max_size)
     pool = AsyncConnectionPool(
         database_url, min_size=min_size, max_size=max_size, open=False,
-        kwargs={"row_factory": dict_row},
+        kwargs={"row_factory": dict_row}, timeout=ACQUIRE_TIMEOUT,
         # Connections are checked before use, so a server restart costs a
         # reconnect instead of a failed call.
         check=AsyncConnectionPool.check_connection,
@@ -78,7 +83,7 @@ async def _leased_pool(database_url: str, credentials: LeasedSecret, *, min_size
 
     pool: AsyncConnectionPool = AsyncConnectionPool(
         database_url, min_size=min_size, max_size=max_size, open=False,
-        kwargs=connect_kwargs,
+        kwargs=connect_kwargs, timeout=ACQUIRE_TIMEOUT,
         connection_class=_reporting_connection_class(credentials),
         check=check,
     )

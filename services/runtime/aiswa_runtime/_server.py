@@ -11,13 +11,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import psycopg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import _metrics
 from ._authz import authorization_interceptor_from_env
 from ._config import ServiceConfig
-from ._errors import ServiceError, cancelled_from_outside
+from ._errors import ServiceError, cancelled_from_outside, unavailable
 from ._logging import caller_var, configure_logging, request_id_var
 from ._telemetry import configure_tracing, shutdown_tracing
 
@@ -54,6 +55,22 @@ def _enter_call(context: grpc.aio.ServicerContext) -> None:
     deadline_var.set(time.monotonic() + remaining if remaining is not None else None)
 
 
+def _outage(service: str, method: str, exc: Exception) -> ServiceError | None:
+    """Return the UNAVAILABLE error for an outage of the service's database, or None.
+
+    A database that is down or unreachable (a refused connection, a
+    connection lost mid-query, no pooled connection within the pool's
+    timeout) is an outage that the caller can wait out, not a bug to report.
+    So the caller gets UNAVAILABLE and "retry later" instead of INTERNAL. The
+    database's own message names hosts and ports, so it goes to the log only.
+    """
+    if isinstance(exc, psycopg.OperationalError):
+        log.warning("database unavailable", extra={"method": method, "error": str(exc)})
+        return unavailable(f"{service} cannot reach its database now; retry later "
+                           f"(request id {request_id_var.get()})")
+    return None
+
+
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
     if isinstance(exc, ServiceError):
         log.info(
@@ -85,8 +102,9 @@ def _wrap_unary(
             code = "CANCELLED_OR_ABORTED"
             raise
         except Exception as exc:
-            code = "INTERNAL"
-            await _abort(context, method, exc)
+            error = _outage(service, method, exc)
+            code = error.code.name if error else "INTERNAL"
+            await _abort(context, method, error or exc)
         finally:
             _metrics.RPC_REQUESTS.labels(service, method, code).inc()
             _metrics.RPC_LATENCY.labels(service, method).observe(
@@ -112,8 +130,9 @@ def _wrap_stream(
             code = "CANCELLED_OR_ABORTED"
             raise
         except Exception as exc:
-            code = "INTERNAL"
-            await _abort(context, method, exc)
+            error = _outage(service, method, exc)
+            code = error.code.name if error else "INTERNAL"
+            await _abort(context, method, error or exc)
         finally:
             _metrics.RPC_REQUESTS.labels(service, method, code).inc()
 

@@ -1,0 +1,119 @@
+"""Fixtures for the chaos experiments (`make chaos`) against the running platform.
+
+The experiments reuse the fixtures of tests/integration/conftest.py (a
+logged-in admin, the supervisor, the topology). This file adds the faults and
+the figures that each experiment records.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from aiswa_cli._api import ApiError
+
+_INTEGRATION = Path(__file__).resolve().parents[1] / "integration" / "conftest.py"
+_spec = importlib.util.spec_from_file_location("aiswa_integration_fixtures", _INTEGRATION)
+assert _spec is not None and _spec.loader is not None
+_fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_fixtures)
+# pytest finds fixtures among a conftest's names, so the integration ones are
+# copied in. The test module imports the helpers from here.
+globals().update({name: value for name, value in vars(_fixtures).items()
+                  if not name.startswith("_") and name not in globals()})
+
+supervisorctl = _fixtures.supervisorctl
+_FIGURES: dict[str, dict[str, float | str]] = {}
+
+
+def program_pid(layout, program: str) -> int:
+    """Return the pid of a running supervisord program, failing the test when it is not running."""
+    text = supervisorctl(layout, "pid", program).strip()
+    if not text.isdigit() or text == "0":
+        pytest.fail(f"{program} is not running (supervisorctl pid said {text!r})")
+    return int(text)
+
+
+def program_state(layout, program: str) -> str:
+    """Return the supervisord state of ``program`` (RUNNING, STOPPED, ...)."""
+    fields = supervisorctl(layout, "status", program).split()
+    return fields[1] if len(fields) > 1 else "UNKNOWN"
+
+
+@contextmanager
+def stopped(layout, program: str) -> Iterator[None]:
+    """Stop ``program`` for the block, then start it again, even when the block fails."""
+    supervisorctl(layout, "stop", program)
+    assert program_state(layout, program) == "STOPPED", f"could not stop {program}"
+    try:
+        yield
+    finally:
+        supervisorctl(layout, "start", program)
+        assert program_state(layout, program) == "RUNNING", (
+            f"{program} did not start again; see .state/logs/{program}.log")
+
+
+def until(condition: Callable[[], object], timeout: float, description: str) -> float:
+    """Poll ``condition`` until it returns a true value; return the seconds it took."""
+    started = time.monotonic()
+    last: object = None
+    while time.monotonic() - started < timeout:
+        try:
+            last = condition()
+        except Exception as error:  # noqa: BLE001 - kept for the failure message
+            last = error
+        else:
+            if last:
+                return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {description}; "
+                         f"last result: {last!r}")
+
+
+def api_error(call: Callable[[], object]) -> str:
+    """Return the error message of ``call``, or "" when it succeeded."""
+    try:
+        call()
+    except ApiError as error:
+        return str(error)
+    return ""
+
+
+@pytest.fixture(scope="session")
+def figures() -> Callable[[str, str, float | str], None]:
+    """Record one measured figure of an experiment, for the summary and chaos.json."""
+
+    def record(experiment: str, measure: str, value: float | str) -> None:
+        _FIGURES.setdefault(experiment, {})[measure] = (
+            round(value, 3) if isinstance(value, float) else value)
+
+    return record
+
+
+@pytest.fixture(scope="session")
+def service_pids(layout) -> dict[str, int]:
+    """The pid of every app and server when the experiments start."""
+    programs = ["postgres", "rabbitmq", "openbao", "users", "projects", "reflector", "vision",
+                "dashboard", "gateway"]
+    return {program: program_pid(layout, program) for program in programs}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _FIGURES:
+        return
+    terminalreporter.section("chaos figures")
+    for experiment, measures in _FIGURES.items():
+        terminalreporter.write_line(experiment)
+        for measure, value in measures.items():
+            terminalreporter.write_line(f"  {measure}: {value}")
+    output = Path(__file__).resolve().parents[2] / ".state" / "chaos" / "chaos.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                  "experiments": _FIGURES}, indent=2) + "\n")
+    terminalreporter.write_line(f"figures written to {output}")
