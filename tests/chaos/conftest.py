@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,6 +85,72 @@ def api_error(call: Callable[[], object]) -> str:
     except ApiError as error:
         return str(error)
     return ""
+
+
+class Bystander:
+    """A thread that calls one route that the fault should not touch, at a steady rate.
+
+    It makes the blast radius of a fault a number: the calls that failed on a
+    route that does not depend on the stopped part.
+    """
+
+    def __init__(self, client, path: str, *, auth: bool, rate: float) -> None:
+        self.path = path
+        self.calls = 0
+        self.failures: list[str] = []
+        self.seconds: list[float] = []
+        self._client = client
+        self._auth = auth
+        self._interval = 1 / rate
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"bystander {path}", daemon=True)
+
+    def __enter__(self) -> Bystander:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=150)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._client.request("GET", self.path, auth=self._auth)
+            except ApiError as error:
+                self.failures.append(str(error))
+            elapsed = time.monotonic() - started
+            self.calls += 1
+            self.seconds.append(elapsed)
+            self._stop.wait(max(self._interval - elapsed, 0.0))
+
+    def record(self, figures: Callable[[str, str, float | str], None], experiment: str) -> None:
+        """Record the calls, failures and latency percentiles under ``experiment``."""
+        percentiles = statistics.quantiles(self.seconds, n=100)
+        figures(experiment, f"bystander GET {self.path}",
+                f"{self.calls} calls, {len(self.failures)} failed, "
+                f"p50 {percentiles[49] * 1000:.1f} ms, p99 {percentiles[98] * 1000:.1f} ms")
+
+
+@pytest.fixture
+def bystander(layout, gateway_url, ca_cert, tmp_path) -> Callable[..., Bystander]:
+    """Return a factory of Bystanders, each with a client and a login of its own."""
+
+    def start(path: str, *, auth: bool = True, rate: float = 10.0) -> Bystander:
+        client = _fixtures.Client(gateway_url, ca_cert, tmp_path / f"token-{time.time_ns()}.json")
+        client.login(layout.admin_key.read_text().strip())
+        return Bystander(client, path, auth=auth, rate=rate)
+
+    return start
+
+
+def assert_untouched(watch: Bystander) -> None:
+    """Check that the bystander made calls and that none of them failed."""
+    assert watch.calls >= 20, f"the bystander made only {watch.calls} calls"
+    assert watch.failures == [], (
+        f"{len(watch.failures)} of {watch.calls} calls to {watch.path} failed; "
+        f"first: {watch.failures[0]}")
 
 
 @pytest.fixture(scope="session")

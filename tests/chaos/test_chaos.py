@@ -22,6 +22,7 @@ from aiswa_mesh.launcher import Platform
 from conftest import (
     STDLIB,
     api_error,
+    assert_untouched,
     pack_python,
     program_pid,
     stopped,
@@ -79,162 +80,189 @@ def projects_recover(admin, analysed: dict, restarted: float, figures, experimen
     figures(experiment, "run after recovery (s)", run_completes(admin, analysed))
 
 
-def test_worker_down_queues_runs_while_the_rest_serves(admin, analysed, layout, figures):
-    project_id = analysed["project_id"]
-    with stopped(layout, "reflector"):
-        run = admin.start_run(project_id, analysed["archive_id"])
-        time.sleep(3)
-        assert admin.run(run["run_id"])["state"] == "RUN_STATE_QUEUED"
-        # Projects, vision and users still serve calls. Only the reflector's own route fails.
-        assert admin.request("GET", f"/v1/projects/{project_id}")["project_id"] == project_id
-        roadmap = admin.roadmap(project_id, analysed["run_id"])
-        assert roadmap["run_id"] == analysed["run_id"]
-        assert roadmap["items"]
-        assert admin.login(layout.admin_key.read_text().strip())["access_token"]
-        error = api_error(lambda: admin.report(analysed["run_id"]))
-        assert "HTTP 503" in error, error or "the call succeeded"
-        assert "reflector is not answering; retry later" in error
-        restarted = time.monotonic()
-    finished = wait_run(admin, run["run_id"], 120)
-    assert finished["state"] == "RUN_STATE_COMPLETED", finished
-    assert admin.report(run["run_id"])["files"] == analysed["report"]["files"]
-    figures("reflector stopped", "queued run completed after its start (s)",
-            time.monotonic() - restarted)
+def test_worker_down_queues_runs_while_the_rest_serves(
+        admin, analysed, layout, figures, bystander):
+    with bystander(f"/v1/projects/{analysed['project_id']}") as watch:
+        project_id = analysed["project_id"]
+        with stopped(layout, "reflector"):
+            run = admin.start_run(project_id, analysed["archive_id"])
+            time.sleep(3)
+            assert admin.run(run["run_id"])["state"] == "RUN_STATE_QUEUED"
+            # Projects, vision and users still serve calls. Only the reflector's own route fails.
+            assert admin.request("GET", f"/v1/projects/{project_id}")["project_id"] == project_id
+            roadmap = admin.roadmap(project_id, analysed["run_id"])
+            assert roadmap["run_id"] == analysed["run_id"]
+            assert roadmap["items"]
+            assert admin.login(layout.admin_key.read_text().strip())["access_token"]
+            error = api_error(lambda: admin.report(analysed["run_id"]))
+            assert "HTTP 503" in error, error or "the call succeeded"
+            assert "reflector is not answering; retry later" in error
+            restarted = time.monotonic()
+        finished = wait_run(admin, run["run_id"], 120)
+        assert finished["state"] == "RUN_STATE_COMPLETED", finished
+        assert admin.report(run["run_id"])["files"] == analysed["report"]["files"]
+        figures("reflector stopped", "queued run completed after its start (s)",
+                time.monotonic() - restarted)
+    watch.record(figures, "reflector stopped")
+    assert_untouched(watch)
 
 
-def test_upstream_down_opens_the_breaker_then_closes(admin, analysed, layout, platform, figures):
+def test_upstream_down_opens_the_breaker_then_closes(
+        admin, analysed, layout, platform, figures, bystander):
     """Vision's breaker to projects opens while projects is down, and closes when it is back."""
-    project_id, run_id = analysed["project_id"], analysed["run_id"]
-    assert breaker_state(platform, "vision", "projects") == 0
-    failures: list[tuple[float, str]] = []
-    with stopped(layout, "projects"):
-        for _ in range(12):
+    with bystander("/v1/users/me") as watch:
+        project_id, run_id = analysed["project_id"], analysed["run_id"]
+        assert breaker_state(platform, "vision", "projects") == 0
+        failures: list[tuple[float, str]] = []
+        with stopped(layout, "projects"):
+            for _ in range(12):
+                started = time.monotonic()
+                error = api_error(lambda: admin.roadmap(project_id, run_id))
+                failures.append((time.monotonic() - started, error))
+                assert "HTTP 503" in error, error or "the roadmap was served with projects stopped"
+                if "circuit breaker is open" in error:
+                    break
+            else:
+                pytest.fail(f"vision's breaker did not open in 12 calls: {failures[-1][1]}")
+            assert "upstream projects" in failures[-1][1]
+            assert breaker_state(platform, "vision", "projects") == 2
             started = time.monotonic()
             error = api_error(lambda: admin.roadmap(project_id, run_id))
-            failures.append((time.monotonic() - started, error))
-            assert "HTTP 503" in error, error or "the roadmap was served with projects stopped"
-            if "circuit breaker is open" in error:
-                break
-        else:
-            pytest.fail(f"vision's breaker did not open in 12 calls: {failures[-1][1]}")
-        assert "upstream projects" in failures[-1][1]
-        assert breaker_state(platform, "vision", "projects") == 2
-        started = time.monotonic()
-        error = api_error(lambda: admin.roadmap(project_id, run_id))
-        assert "circuit breaker is open" in error, error or "the call succeeded"
-        figures("projects stopped", "next call, breaker open (s)", time.monotonic() - started)
-        # Users does not depend on projects.
-        assert admin.login(layout.admin_key.read_text().strip())["access_token"]
-        figures("projects stopped", "calls until vision's breaker opened", len(failures))
-        figures("projects stopped", "first failed call (s)", failures[0][0])
-        figures("projects stopped", "first call refused by the open breaker (s)", failures[-1][0])
-        restarted = time.monotonic()
-    until(lambda: admin.roadmap(project_id, run_id)["run_id"] == run_id, 60,
-          "the roadmap through vision and projects")
-    figures("projects stopped", "roadmap served again after its start (s)",
-            time.monotonic() - restarted)
-    assert breaker_state(platform, "vision", "projects") == 0
+            assert "circuit breaker is open" in error, error or "the call succeeded"
+            figures("projects stopped", "next call, breaker open (s)", time.monotonic() - started)
+            # Users does not depend on projects.
+            assert admin.login(layout.admin_key.read_text().strip())["access_token"]
+            figures("projects stopped", "calls until vision's breaker opened", len(failures))
+            figures("projects stopped", "first failed call (s)", failures[0][0])
+            figures("projects stopped", "first call refused by the open breaker (s)",
+                    failures[-1][0])
+            restarted = time.monotonic()
+        until(lambda: admin.roadmap(project_id, run_id)["run_id"] == run_id, 60,
+              "the roadmap through vision and projects")
+        figures("projects stopped", "roadmap served again after its start (s)",
+                time.monotonic() - restarted)
+        assert breaker_state(platform, "vision", "projects") == 0
+    watch.record(figures, "projects stopped")
+    assert_untouched(watch)
 
 
-def test_sidecar_down_fails_its_routes_only(admin, analysed, layout, figures):
-    project_id = analysed["project_id"]
-    with stopped(layout, "sidecar-projects"):
-        error = api_error(lambda: admin.request("GET", f"/v1/projects/{project_id}"))
-        assert "HTTP 503" in error, error or "the call succeeded"
-        assert "(reported by the gateway sidecar, calling projects; retry later)" in error
-        assert admin.login(layout.admin_key.read_text().strip())["access_token"]
-        restarted = time.monotonic()
-    projects_recover(admin, analysed, restarted, figures, "projects' sidecar stopped")
+def test_sidecar_down_fails_its_routes_only(admin, analysed, layout, figures, bystander):
+    with bystander("/v1/users/me") as watch:
+        project_id = analysed["project_id"]
+        with stopped(layout, "sidecar-projects"):
+            error = api_error(lambda: admin.request("GET", f"/v1/projects/{project_id}"))
+            assert "HTTP 503" in error, error or "the call succeeded"
+            assert "(reported by the gateway sidecar, calling projects; retry later)" in error
+            assert admin.login(layout.admin_key.read_text().strip())["access_token"]
+            restarted = time.monotonic()
+        projects_recover(admin, analysed, restarted, figures, "projects' sidecar stopped")
+    watch.record(figures, "projects' sidecar stopped")
+    assert_untouched(watch)
 
 
-def test_database_down_then_pools_reconnect(admin, analysed, layout, figures):
-    project_id = analysed["project_id"]
-    with stopped(layout, "postgres"):
-        started = time.monotonic()
-        error = api_error(lambda: admin.request("GET", f"/v1/projects/{project_id}"))
-        figures("postgres stopped", "failed call (s)", time.monotonic() - started)
-        assert "HTTP 503" in error, error or "the call succeeded"
-        assert "projects cannot reach its database now; retry later" in error
-        restarted = time.monotonic()
-    projects_recover(admin, analysed, restarted, figures, "postgres stopped")
+def test_database_down_then_pools_reconnect(admin, analysed, layout, figures, bystander):
+    with bystander("/.well-known/jwks.json", auth=False) as watch:
+        project_id = analysed["project_id"]
+        with stopped(layout, "postgres"):
+            started = time.monotonic()
+            error = api_error(lambda: admin.request("GET", f"/v1/projects/{project_id}"))
+            figures("postgres stopped", "failed call (s)", time.monotonic() - started)
+            assert "HTTP 503" in error, error or "the call succeeded"
+            assert "projects cannot reach its database now; retry later" in error
+            restarted = time.monotonic()
+        projects_recover(admin, analysed, restarted, figures, "postgres stopped")
+    watch.record(figures, "postgres stopped")
+    assert_untouched(watch)
 
 
-def test_broker_down_keeps_runs_pending_then_publishes(admin, analysed, layout, figures):
-    project_id = analysed["project_id"]
-    with stopped(layout, "rabbitmq"):
-        started = time.monotonic()
-        error = api_error(lambda: admin.start_run(project_id, analysed["archive_id"]))
-        refused_after = time.monotonic() - started
-        figures("rabbitmq stopped", "refused StartRun (s)", refused_after)
-        # StartRun waits START_RUN_RECONNECT_WAIT (5 s), not the 30 s of a login switch.
-        assert refused_after < 20, f"StartRun took {refused_after:.1f} s to refuse"
-        assert "HTTP 503" in error, error or "StartRun succeeded with RabbitMQ stopped"
-        assert "PENDING" in error, error
-        match = RUN_ID.search(error)
-        assert match, f"the error does not name the stored run: {error}"
-        run_id = match.group(1)
-        assert admin.run(run_id)["state"] == "RUN_STATE_PENDING"
-        assert admin.request("GET", f"/v1/projects/{project_id}")["project_id"] == project_id
-        restarted = time.monotonic()
-    finished = wait_run(admin, run_id, 180)
-    assert finished["state"] == "RUN_STATE_COMPLETED", finished
-    assert admin.report(run_id)["files"] == analysed["report"]["files"]
-    figures("rabbitmq stopped", "pending run completed after its start (s)",
-            time.monotonic() - restarted)
+def test_broker_down_keeps_runs_pending_then_publishes(
+        admin, analysed, layout, figures, bystander):
+    with bystander(f"/v1/projects/{analysed['project_id']}") as watch:
+        project_id = analysed["project_id"]
+        with stopped(layout, "rabbitmq"):
+            started = time.monotonic()
+            error = api_error(lambda: admin.start_run(project_id, analysed["archive_id"]))
+            refused_after = time.monotonic() - started
+            figures("rabbitmq stopped", "refused StartRun (s)", refused_after)
+            # StartRun waits START_RUN_RECONNECT_WAIT (5 s), not the 30 s of a login switch.
+            assert refused_after < 20, f"StartRun took {refused_after:.1f} s to refuse"
+            assert "HTTP 503" in error, error or "StartRun succeeded with RabbitMQ stopped"
+            assert "PENDING" in error, error
+            match = RUN_ID.search(error)
+            assert match, f"the error does not name the stored run: {error}"
+            run_id = match.group(1)
+            assert admin.run(run_id)["state"] == "RUN_STATE_PENDING"
+            assert admin.request("GET", f"/v1/projects/{project_id}")["project_id"] == project_id
+            restarted = time.monotonic()
+        finished = wait_run(admin, run_id, 180)
+        assert finished["state"] == "RUN_STATE_COMPLETED", finished
+        assert admin.report(run_id)["files"] == analysed["report"]["files"]
+        figures("rabbitmq stopped", "pending run completed after its start (s)",
+                time.monotonic() - restarted)
+    watch.record(figures, "rabbitmq stopped")
+    assert_untouched(watch)
 
 
-def test_openbao_down_the_platform_keeps_serving(admin, analysed, layout, figures):
-    with stopped(layout, "openbao"):
-        figures("openbao stopped", "run while it was down (s)", run_completes(admin, analysed))
-        down = _check_result()
-        assert down.returncode != 0
-        assert "FAIL  program openbao is STOPPED" in down.stdout, down.stdout
-        restarted = time.monotonic()
-    until(lambda: _check_result().returncode == 0, 90, "`aiswa check` to pass again")
-    figures("openbao stopped", "unsealed and checked after its start (s)",
-            time.monotonic() - restarted)
+def test_openbao_down_the_platform_keeps_serving(admin, analysed, layout, figures, bystander):
+    with bystander(f"/v1/projects/{analysed['project_id']}") as watch:
+        with stopped(layout, "openbao"):
+            figures("openbao stopped", "run while it was down (s)", run_completes(admin, analysed))
+            down = _check_result()
+            assert down.returncode != 0
+            assert "FAIL  program openbao is STOPPED" in down.stdout, down.stdout
+            restarted = time.monotonic()
+        until(lambda: _check_result().returncode == 0, 90, "`aiswa check` to pass again")
+        figures("openbao stopped", "unsealed and checked after its start (s)",
+                time.monotonic() - restarted)
+    watch.record(figures, "openbao stopped")
+    assert_untouched(watch)
 
 
-def test_partitioned_pod_opens_the_breaker(admin, analysed, layout, platform, figures):
+def test_partitioned_pod_opens_the_breaker(admin, analysed, layout, platform, figures, bystander):
     """Drop packets from vision's pod to projects' pod: calls time out instead of hanging."""
     if not platform.network.enabled:
         pytest.skip("needs pods: run `make up` as root without AISWA_PODS=off")
-    project_id, run_id = analysed["project_id"], analysed["run_id"]
-    in_vision = platform.network.command
-    target = platform.network.address("projects")
-    rules = (f"table inet aiswa_chaos {{\n  chain out {{\n"
-             f"    type filter hook output priority 0;\n    ip daddr {target} drop\n  }}\n}}\n")
-    subprocess.run(in_vision("vision", ["nft", "-f", "-"]), input=rules, text=True, check=True)
-    try:
-        failures: list[float] = []
-        for _ in range(12):
+    with bystander(f"/v1/projects/{analysed['project_id']}") as watch:
+        project_id, run_id = analysed["project_id"], analysed["run_id"]
+        in_vision = platform.network.command
+        target = platform.network.address("projects")
+        rules = (f"table inet aiswa_chaos {{\n  chain out {{\n"
+                 f"    type filter hook output priority 0;\n    ip daddr {target} drop\n  }}\n}}\n")
+        subprocess.run(in_vision("vision", ["nft", "-f", "-"]), input=rules, text=True, check=True)
+        try:
+            failures: list[float] = []
+            for _ in range(12):
+                started = time.monotonic()
+                error = api_error(lambda: admin.roadmap(project_id, run_id))
+                failures.append(time.monotonic() - started)
+                assert "HTTP 503" in error or "HTTP 504" in error, error or "the call succeeded"
+                if "circuit breaker is open" in error:
+                    break
+            else:
+                pytest.fail("vision's breaker did not open in 12 calls to a partitioned projects")
+            assert breaker_state(platform, "vision", "projects") == 2
             started = time.monotonic()
             error = api_error(lambda: admin.roadmap(project_id, run_id))
-            failures.append(time.monotonic() - started)
-            assert "HTTP 503" in error or "HTTP 504" in error, error or "the call succeeded"
-            if "circuit breaker is open" in error:
-                break
-        else:
-            pytest.fail("vision's breaker did not open in 12 calls to a partitioned projects")
-        assert breaker_state(platform, "vision", "projects") == 2
-        started = time.monotonic()
-        error = api_error(lambda: admin.roadmap(project_id, run_id))
-        assert "circuit breaker is open" in error, error or "the call succeeded"
-        figures("vision cut off from projects", "next call, breaker open (s)",
-                time.monotonic() - started)
-        # The gateway reaches projects directly: only vision's path is cut.
-        assert admin.request("GET", f"/v1/projects/{project_id}")["project_id"] == project_id
-        figures("vision cut off from projects", "calls until the breaker opened", len(failures))
-        figures("vision cut off from projects", "first failed call (s)", failures[0])
-        figures("vision cut off from projects", "first call refused by the open breaker (s)", failures[-1])
-    finally:
-        subprocess.run(in_vision("vision", ["nft", "delete", "table", "inet", "aiswa_chaos"]),
-                       check=True)
-    healed = time.monotonic()
-    until(lambda: admin.roadmap(project_id, run_id)["run_id"] == run_id, 60,
-          "the roadmap after the partition healed")
-    figures("vision cut off from projects", "roadmap served again after healing (s)",
-            time.monotonic() - healed)
+            assert "circuit breaker is open" in error, error or "the call succeeded"
+            figures("vision cut off from projects", "next call, breaker open (s)",
+                    time.monotonic() - started)
+            # The gateway reaches projects directly: only vision's path is cut.
+            assert admin.request("GET", f"/v1/projects/{project_id}")["project_id"] == project_id
+            figures("vision cut off from projects", "calls until the breaker opened",
+                    len(failures))
+            figures("vision cut off from projects", "first failed call (s)", failures[0])
+            figures("vision cut off from projects", "first call refused by the open breaker (s)",
+                    failures[-1])
+        finally:
+            subprocess.run(in_vision("vision", ["nft", "delete", "table", "inet", "aiswa_chaos"]),
+                           check=True)
+        healed = time.monotonic()
+        until(lambda: admin.roadmap(project_id, run_id)["run_id"] == run_id, 60,
+              "the roadmap after the partition healed")
+        figures("vision cut off from projects", "roadmap served again after healing (s)",
+                time.monotonic() - healed)
+    watch.record(figures, "vision cut off from projects")
+    assert_untouched(watch)
 
 
 def test_nothing_else_restarted_and_the_mesh_checks_out(layout, service_pids):
@@ -242,7 +270,8 @@ def test_nothing_else_restarted_and_the_mesh_checks_out(layout, service_pids):
     stopped_on_purpose = {"projects", "reflector", "postgres", "rabbitmq", "openbao"}
     for program, pid in service_pids.items():
         if program not in stopped_on_purpose:
-            assert program_pid(layout, program) == pid, f"{program} restarted during the experiments"
+            assert program_pid(layout, program) == pid, (
+                f"{program} restarted during the experiments")
     result = _check_result()
     assert result.returncode == 0, result.stdout + result.stderr
 
