@@ -291,11 +291,10 @@ class Broker:
                 message_id=message_id,
                 headers=message_headers,
             )
-            await self._publish(exchange, message, routing_key,
-                                self._switch_timeout if reconnect_wait is None else reconnect_wait)
+            await self._publish(exchange, message, routing_key, reconnect_wait)
 
     async def _publish(self, exchange: str, message: aio_pika.Message, routing_key: str,
-                       reconnect_wait: float) -> None:
+                       reconnect_wait: float | None = None) -> None:
         """Publish with confirm.
 
         With leased credentials, a publish that hits a closed channel waits for
@@ -311,7 +310,8 @@ class Broker:
                         extra={"exchange": exchange, "routing_key": routing_key,
                                "message_id": message.message_id, "error": repr(exc)})
             try:
-                await self._wait_reconnected(reconnect_wait)
+                await self._wait_reconnected(
+                    self._switch_timeout if reconnect_wait is None else reconnect_wait)
             except TimeoutError:
                 raise exc from None
             await self._publish_once(exchange, message, routing_key)

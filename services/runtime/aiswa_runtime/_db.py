@@ -15,9 +15,17 @@ from ._secrets import LeasedSecret, UsernamePassword
 log = logging.getLogger(__name__)
 
 # Seconds a call waits for a pooled connection (psycopg_pool's default is 30).
-# With the database down no connection comes, and the call should fail with
-# UNAVAILABLE well before the caller's own deadline (see _server._outage).
-ACQUIRE_TIMEOUT = 5.0
+# With the database down no connection comes, and the call fails with
+# UNAVAILABLE (see _server._outage). The wait must still cover a login that
+# expired while OpenBao was down: the replacement came 6 s after the first
+# rejected connection in tests/integration/test_credentials.py.
+ACQUIRE_TIMEOUT = 15.0
+# Seconds the pool keeps retrying one lost connection (psycopg_pool's default
+# is 300). Its retries back off exponentially without a cap: after an outage of
+# a minute, the next try could come a minute after the database is back. Once
+# a retry chain gives up, the next call that needs a connection starts a new
+# chain with an immediate try, so the database is used within seconds again.
+RECONNECT_TIMEOUT = 10.0
 
 
 def migrate(database_url: str, migrations: Path) -> list[str]:
@@ -49,6 +57,7 @@ async def open_pool(database_url: str, *, credentials: LeasedSecret | None = Non
     pool = AsyncConnectionPool(
         database_url, min_size=min_size, max_size=max_size, open=False,
         kwargs={"row_factory": dict_row}, timeout=ACQUIRE_TIMEOUT,
+        reconnect_timeout=RECONNECT_TIMEOUT,
         # Connections are checked before use, so a server restart costs a
         # reconnect instead of a failed call.
         check=AsyncConnectionPool.check_connection,
@@ -84,6 +93,7 @@ async def _leased_pool(database_url: str, credentials: LeasedSecret, *, min_size
     pool: AsyncConnectionPool = AsyncConnectionPool(
         database_url, min_size=min_size, max_size=max_size, open=False,
         kwargs=connect_kwargs, timeout=ACQUIRE_TIMEOUT,
+        reconnect_timeout=RECONNECT_TIMEOUT,
         connection_class=_reporting_connection_class(credentials),
         check=check,
     )
