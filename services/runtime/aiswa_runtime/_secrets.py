@@ -607,6 +607,25 @@ class LeasedSecret:
                 return False
             await asyncio.sleep(hold)
 
+    async def _backoff(self, seconds: float) -> None:
+        """Sleep ``seconds`` between reads of new credentials, or less after a check request.
+
+        A consumer whose login was rejected (it expired while OpenBao or the
+        database was down) needs the new credentials now, so its check request
+        ends the wait. Even then the wait lasts ``min_check_interval`` (or
+        ``seconds``, if shorter), so reads come at most that often.
+        """
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._check_requested.wait()
+        except TimeoutError:
+            return
+        self._check_requested.clear()
+        rest = min(self._min_check_interval, seconds) - (time.monotonic() - started)
+        if rest > 0:
+            await asyncio.sleep(rest)
+
     async def _lease_gone(self, lease: Lease) -> bool:
         try:
             ttl = await self.client.lookup_lease(lease.lease_id)
@@ -644,6 +663,7 @@ class LeasedSecret:
         """
         old = self.lease
         retrying = AsyncRetrying(
+            sleep=self._backoff,
             wait=wait_random_exponential(multiplier=0.5, max=self._max_backoff),
             retry=retry_if_exception(lambda exc: isinstance(exc, (SecretsError,
                                                                   httpx.HTTPError))),
