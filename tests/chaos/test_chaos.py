@@ -10,7 +10,9 @@ use.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +82,40 @@ def projects_recover(admin, analysed: dict, restarted: float, figures, experimen
     figures(experiment, "run after recovery (s)", run_completes(admin, analysed))
 
 
+def open_vision_breaker(admin, analysed: dict, platform: Platform, figures,
+                        experiment: str, statuses: tuple[str, ...]) -> None:
+    """Call the roadmap (vision calls projects) until vision's breaker opens; record the calls."""
+    project_id, run_id = analysed["project_id"], analysed["run_id"]
+    seconds: list[float] = []
+    for _ in range(12):
+        started = time.monotonic()
+        error = api_error(lambda: admin.roadmap(project_id, run_id))
+        seconds.append(time.monotonic() - started)
+        assert any(status in error for status in statuses), (
+            error or "the roadmap was served during the fault")
+        if "circuit breaker is open" in error:
+            break
+    else:
+        pytest.fail(f"vision's breaker did not open in 12 calls: {error}")
+    assert "upstream projects" in error
+    assert breaker_state(platform, "vision", "projects") == 2
+    figures(experiment, "calls until the breaker opened", len(seconds))
+    figures(experiment, "first failed call (s)", seconds[0])
+    figures(experiment, "first call refused by the open breaker (s)", seconds[-1])
+    started = time.monotonic()
+    error = api_error(lambda: admin.roadmap(project_id, run_id))
+    assert "circuit breaker is open" in error, error or "the call succeeded"
+    figures(experiment, "next call, breaker open (s)", time.monotonic() - started)
+
+
+def roadmap_recovers(admin, analysed: dict, figures, experiment: str, since: float) -> None:
+    """Wait until the roadmap is served again; record the seconds since ``since``."""
+    run_id = analysed["run_id"]
+    until(lambda: admin.roadmap(analysed["project_id"], run_id)["run_id"] == run_id, 60,
+          f"the roadmap ({experiment})")
+    figures(experiment, "roadmap served again (s)", time.monotonic() - since)
+
+
 def test_worker_down_queues_runs_while_the_rest_serves(
         admin, analysed, layout, figures, bystander):
     with bystander(f"/v1/projects/{analysed['project_id']}") as watch:
@@ -110,37 +146,13 @@ def test_worker_down_queues_runs_while_the_rest_serves(
 def test_upstream_down_opens_the_breaker_then_closes(
         admin, analysed, layout, platform, figures, bystander):
     """Vision's breaker to projects opens while projects is down, and closes when it is back."""
+    assert breaker_state(platform, "vision", "projects") == 0
     with bystander("/v1/users/me") as watch:
-        project_id, run_id = analysed["project_id"], analysed["run_id"]
-        assert breaker_state(platform, "vision", "projects") == 0
-        failures: list[tuple[float, str]] = []
         with stopped(layout, "projects"):
-            for _ in range(12):
-                started = time.monotonic()
-                error = api_error(lambda: admin.roadmap(project_id, run_id))
-                failures.append((time.monotonic() - started, error))
-                assert "HTTP 503" in error, error or "the roadmap was served with projects stopped"
-                if "circuit breaker is open" in error:
-                    break
-            else:
-                pytest.fail(f"vision's breaker did not open in 12 calls: {failures[-1][1]}")
-            assert "upstream projects" in failures[-1][1]
-            assert breaker_state(platform, "vision", "projects") == 2
-            started = time.monotonic()
-            error = api_error(lambda: admin.roadmap(project_id, run_id))
-            assert "circuit breaker is open" in error, error or "the call succeeded"
-            figures("projects stopped", "next call, breaker open (s)", time.monotonic() - started)
-            # Users does not depend on projects.
-            assert admin.login(layout.admin_key.read_text().strip())["access_token"]
-            figures("projects stopped", "calls until vision's breaker opened", len(failures))
-            figures("projects stopped", "first failed call (s)", failures[0][0])
-            figures("projects stopped", "first call refused by the open breaker (s)",
-                    failures[-1][0])
+            open_vision_breaker(admin, analysed, platform, figures, "projects stopped",
+                                ("HTTP 503",))
             restarted = time.monotonic()
-        until(lambda: admin.roadmap(project_id, run_id)["run_id"] == run_id, 60,
-              "the roadmap through vision and projects")
-        figures("projects stopped", "roadmap served again after its start (s)",
-                time.monotonic() - restarted)
+        roadmap_recovers(admin, analysed, figures, "projects stopped", restarted)
         assert breaker_state(platform, "vision", "projects") == 0
     watch.record(figures, "projects stopped")
     assert_untouched(watch)
@@ -221,50 +233,69 @@ def test_openbao_down_the_platform_keeps_serving(admin, analysed, layout, figure
     assert_untouched(watch)
 
 
-def test_partitioned_pod_opens_the_breaker(admin, analysed, layout, platform, figures, bystander):
+def test_partitioned_pod_opens_the_breaker(
+        admin, analysed, layout, platform, figures, bystander):
     """Drop packets from vision's pod to projects' pod: calls time out instead of hanging."""
     if not platform.network.enabled:
         pytest.skip("needs pods: run `make up` as root without AISWA_PODS=off")
-    with bystander(f"/v1/projects/{analysed['project_id']}") as watch:
-        project_id, run_id = analysed["project_id"], analysed["run_id"]
-        in_vision = platform.network.command
-        target = platform.network.address("projects")
-        rules = (f"table inet aiswa_chaos {{\n  chain out {{\n"
-                 f"    type filter hook output priority 0;\n    ip daddr {target} drop\n  }}\n}}\n")
-        subprocess.run(in_vision("vision", ["nft", "-f", "-"]), input=rules, text=True, check=True)
+    project_id = analysed["project_id"]
+    in_vision = platform.network.command
+    target = platform.network.address("projects")
+    rules = (f"table inet aiswa_chaos {{\n  chain out {{\n"
+             f"    type filter hook output priority 0;\n    ip daddr {target} drop\n  }}\n}}\n")
+    with bystander(f"/v1/projects/{project_id}") as watch:
+        subprocess.run(in_vision("vision", ["nft", "-f", "-"]), input=rules, text=True,
+                       check=True)
         try:
-            failures: list[float] = []
-            for _ in range(12):
-                started = time.monotonic()
-                error = api_error(lambda: admin.roadmap(project_id, run_id))
-                failures.append(time.monotonic() - started)
-                assert "HTTP 503" in error or "HTTP 504" in error, error or "the call succeeded"
-                if "circuit breaker is open" in error:
-                    break
-            else:
-                pytest.fail("vision's breaker did not open in 12 calls to a partitioned projects")
-            assert breaker_state(platform, "vision", "projects") == 2
-            started = time.monotonic()
-            error = api_error(lambda: admin.roadmap(project_id, run_id))
-            assert "circuit breaker is open" in error, error or "the call succeeded"
-            figures("vision cut off from projects", "next call, breaker open (s)",
-                    time.monotonic() - started)
+            open_vision_breaker(admin, analysed, platform, figures,
+                                "vision cut off from projects", ("HTTP 503", "HTTP 504"))
             # The gateway reaches projects directly: only vision's path is cut.
             assert admin.request("GET", f"/v1/projects/{project_id}")["project_id"] == project_id
-            figures("vision cut off from projects", "calls until the breaker opened",
-                    len(failures))
-            figures("vision cut off from projects", "first failed call (s)", failures[0])
-            figures("vision cut off from projects", "first call refused by the open breaker (s)",
-                    failures[-1])
         finally:
             subprocess.run(in_vision("vision", ["nft", "delete", "table", "inet", "aiswa_chaos"]),
                            check=True)
-        healed = time.monotonic()
-        until(lambda: admin.roadmap(project_id, run_id)["run_id"] == run_id, 60,
-              "the roadmap after the partition healed")
-        figures("vision cut off from projects", "roadmap served again after healing (s)",
-                time.monotonic() - healed)
+        roadmap_recovers(admin, analysed, figures, "vision cut off from projects",
+                         time.monotonic())
     watch.record(figures, "vision cut off from projects")
+    assert_untouched(watch)
+
+
+def test_paused_upstream_times_out_then_recovers(
+        admin, analysed, layout, platform, figures, bystander):
+    """Pause projects' app with SIGSTOP: it accepts connections but never replies.
+
+    A stopped process refuses connections, so its callers fail at once. A
+    paused one is the harder case: only deadlines end the calls to it.
+    """
+    pid = program_pid(layout, "projects")
+    with bystander("/v1/users/me") as watch:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            open_vision_breaker(admin, analysed, platform, figures, "projects paused",
+                                ("HTTP 503", "HTTP 504"))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        roadmap_recovers(admin, analysed, figures, "projects paused", time.monotonic())
+    watch.record(figures, "projects paused")
+    assert_untouched(watch)
+    # The process was paused, not restarted: the same pid serves again.
+    assert program_pid(layout, "projects") == pid
+
+
+def test_opa_down_denies_its_workload_only(admin, analysed, layout, figures, bystander):
+    """Stop projects' OPA: calls to projects are denied (fail closed), other workloads serve."""
+    project_id = analysed["project_id"]
+    with bystander("/v1/users/me") as watch:
+        with stopped(layout, "opa-projects"):
+            error = api_error(lambda: admin.request("GET", f"/v1/projects/{project_id}"))
+            assert "HTTP 403" in error, error or "projects served a call without its OPA"
+            assert "authorization service unavailable" in error
+            restarted = time.monotonic()
+        until(lambda: admin.request("GET", f"/v1/projects/{project_id}"), 30,
+              "projects to allow calls again")
+        figures("opa-projects stopped", "projects allowed calls again after its start (s)",
+                time.monotonic() - restarted)
+    watch.record(figures, "opa-projects stopped")
     assert_untouched(watch)
 
 
