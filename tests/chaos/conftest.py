@@ -91,11 +91,17 @@ class Bystander:
     """A thread that calls one route that the fault should not touch, at a steady rate.
 
     It makes the blast radius of a fault a number: the calls that failed on a
-    route that does not depend on the stopped part.
+    route that does not depend on the stopped part. When the block it guards
+    ends without an error, it records its figures under ``experiment`` and
+    checks that it made calls and that none of them failed.
     """
 
-    def __init__(self, client, path: str, *, auth: bool, rate: float) -> None:
+    def __init__(self, client, path: str, experiment: str,
+                 figures: Callable[[str, str, float | str], None], *,
+                 auth: bool, rate: float) -> None:
         self.path = path
+        self.experiment = experiment
+        self._figures = figures
         self.calls = 0
         self.failures: list[str] = []
         self.seconds: list[float] = []
@@ -109,9 +115,12 @@ class Bystander:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, error_type: type[BaseException] | None, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join(timeout=150)
+        if error_type is None:
+            self.record()
+            self.assert_untouched()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -125,32 +134,32 @@ class Bystander:
             self.seconds.append(elapsed)
             self._stop.wait(max(self._interval - elapsed, 0.0))
 
-    def record(self, figures: Callable[[str, str, float | str], None], experiment: str) -> None:
-        """Record the calls, failures and latency percentiles under ``experiment``."""
+    def record(self) -> None:
+        """Record the calls, failures and latency percentiles under the experiment's name."""
         percentiles = statistics.quantiles(self.seconds, n=100)
-        figures(experiment, f"bystander GET {self.path}",
+        self._figures(self.experiment, f"bystander GET {self.path}",
                 f"{self.calls} calls, {len(self.failures)} failed, "
                 f"p50 {percentiles[49] * 1000:.1f} ms, p99 {percentiles[98] * 1000:.1f} ms")
 
 
+    def assert_untouched(self) -> None:
+        """Check that the bystander made calls and that none of them failed."""
+        assert self.calls >= 20, f"the bystander made only {self.calls} calls"
+        assert self.failures == [], (
+            f"{len(self.failures)} of {self.calls} calls to {self.path} failed; "
+            f"first: {self.failures[0]}")
+
+
 @pytest.fixture
-def bystander(layout, gateway_url, ca_cert, tmp_path) -> Callable[..., Bystander]:
+def bystander(layout, gateway_url, ca_cert, tmp_path, figures) -> Callable[..., Bystander]:
     """Return a factory of Bystanders, each with a client and a login of its own."""
 
-    def start(path: str, *, auth: bool = True, rate: float = 10.0) -> Bystander:
+    def start(path: str, experiment: str, *, auth: bool = True, rate: float = 10.0) -> Bystander:
         client = _fixtures.Client(gateway_url, ca_cert, tmp_path / f"token-{time.time_ns()}.json")
         client.login(layout.admin_key.read_text().strip())
-        return Bystander(client, path, auth=auth, rate=rate)
+        return Bystander(client, path, experiment, figures, auth=auth, rate=rate)
 
     return start
-
-
-def assert_untouched(watch: Bystander) -> None:
-    """Check that the bystander made calls and that none of them failed."""
-    assert watch.calls >= 20, f"the bystander made only {watch.calls} calls"
-    assert watch.failures == [], (
-        f"{len(watch.failures)} of {watch.calls} calls to {watch.path} failed; "
-        f"first: {watch.failures[0]}")
 
 
 @pytest.fixture(scope="session")
